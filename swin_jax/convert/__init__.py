@@ -1,0 +1,72 @@
+"""Loading PyTorch (timm layout) and original-JAX checkpoints into swin_jax models.
+
+``load_torch_checkpoint(name, source, **model_overrides)`` reads a ``.pth``/``.pt``/``.bin``
+/``.safetensors`` file or an in-memory state_dict and returns ``{'params': ...}`` for
+``create_model(name, **model_overrides)``; the family converter is chosen by
+``model_family(name)``. torch is imported only when needed (torch files / tensors).
+
+Example::
+
+  variables = load_torch_checkpoint('vit_base_patch16_224', 'vit_b16.safetensors')
+  logits = create_model('vit_base_patch16_224').apply(variables, images_nhwc)
+
+  # Fine-tune on 10 classes: keep a freshly initialised head.
+  model = create_model('vit_base_patch16_224', num_classes=10)
+  params = model.init(rng, images_nhwc)['params']
+  loaded = load_torch_checkpoint('vit_base_patch16_224', path, num_classes=10, drop_head=True)
+  params = {**params, **loaded['params']}
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from swin_jax.convert.resize import torch_bicubic_resize, torch_resize
+from swin_jax.convert.torch_io import read_state_dict
+from swin_jax.convert.vit import convert_timm_vit, load_vit_npz, resample_pos_embed
+
+__all__ = ['load_torch_checkpoint', 'load_vit_npz', 'resample_pos_embed', 'read_state_dict',
+           'torch_bicubic_resize', 'torch_resize', 'CONVERTERS']
+
+# family -> fn(state_dict, model, *, name, drop_head) -> params. Swin / Shunted / DETR
+# converters register here as they are added.
+CONVERTERS: Dict[str, Callable[..., Dict[str, Any]]] = {
+    'vit': convert_timm_vit,
+}
+
+
+def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
+                          **model_overrides) -> Dict[str, Any]:
+  """Converts a PyTorch checkpoint (timm's layout) into variables for ``create_model(name)``.
+
+  Args:
+    name: a registered model name (``swin_jax.models.list_models()``).
+    source: path to a ``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors`` file, or a
+      state_dict (dict of numpy arrays / torch tensors); weights nested under 'model' or
+      'state_dict' are unwrapped.
+    drop_head: leave the classifier ``head`` out of the returned params and ignore the
+      checkpoint's head. The result then lacks ``params['head']``: merge it into your own
+      initialised params (``{**init_params, **loaded['params']}``) to fine-tune on a
+      different number of classes.
+    **model_overrides: passed to ``create_model`` (``num_classes``, ``img_size``, ...).
+      A position embedding for another image size is resampled to the model's grid.
+
+  Returns:
+    ``{'params': params}``: numpy float32 arrays with the tree structure and shapes of
+    ``create_model(name, **model_overrides).init(...)['params']``.
+
+  Raises:
+    FileNotFoundError: ``source`` is a path that does not exist.
+    ValueError: unknown model name, or a checkpoint that does not fit the model (the message
+      names the first offending keys and the ``num_classes=`` / model name / overrides that
+      would fit).
+    NotImplementedError: no converter for the model's family yet.
+  """
+  from swin_jax.models import create_model, model_family  # pylint: disable=g-import-not-at-top
+  family = model_family(name)
+  if family not in CONVERTERS:
+    raise NotImplementedError(f'no checkpoint converter for {family!r} models ({name!r}) yet; '
+                              f'available: {sorted(CONVERTERS)}')
+  model = create_model(name, **model_overrides)
+  state_dict = read_state_dict(source)
+  params = CONVERTERS[family](state_dict, model, name=name, drop_head=drop_head)
+  return {'params': params}

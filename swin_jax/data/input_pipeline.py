@@ -1,0 +1,599 @@
+"""tf.data input pipelines for image classification (TFDS datasets).
+
+The trainer uses three functions:
+
+  get_num_examples(input_cfg, split) -> int
+  make_train_iterator(input_cfg, *, global_batch_size, seed, start_step=0,
+                      process_index=0, process_count=1) -> Iterator[dict]
+  make_eval_iterator(input_cfg, *, split, global_batch_size,
+                     process_index=0, process_count=1) -> Iterator[dict]
+
+Batches are dicts of numpy arrays with a local (per-process) batch size
+b = global_batch_size // process_count:
+  image: float32 [b, image_size, image_size, 3], normalised by mean/std.
+  label: int32 [b].
+  mask: bool [b] (eval only), True = real example, False = padding.
+
+Train iterators are infinite, shuffled, deterministic and resumable: the
+batch sequence is a pure function of (seed, process_index, process_count,
+dataset), and `start_step=s` yields exactly the batches a fresh iterator
+yields from its s-th batch on. This holds because
+  * the element order comes from a seeded tf.data shuffle (+ seeded file
+    shuffle) under `options.deterministic = True`;
+  * elements are enumerated (global per-process index i) before
+    `skip(start_step * b)`, and all augmentation randomness is drawn from
+    stateless ops seeded by (seed, process_index, i);
+  * image decoding happens after the skip, so resuming on ImageNet skips over
+    encoded bytes only.
+
+Eval iterators make one pass over the process's shard, in storage order, and
+pad with masked examples so that every process yields the same number of full
+batches: ceil(max_p shard_size_p / b).
+
+`input_cfg` fields (ml_collections.ConfigDict or any attribute object):
+  dataset: TFDS name, 'sklearn_digits' (embedded, prepared on first use) or
+    e.g. 'imagenet2012' (must be prepared beforehand; never downloaded).
+  data_dir: TFDS data dir, None = TFDS default (env TFDS_DATA_DIR).
+  train_split, eval_split: TFDS split names (slicing such as 'train[:90%]'
+    is allowed).
+  image_size: int, model input resolution.
+  num_classes: int, checked against the dataset's ClassLabel.
+  mean, std: per-channel, in 0..1 units.
+  train_augment: 'digits' | 'inception_crop' | 'none'.
+  eval_resize: 'direct' | 'center_crop'.
+  shuffle_buffer: int.
+  cache: bool, cache the decoded dataset in memory (small datasets only).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from swin_jax.data import digits as digits_lib
+
+
+def hide_accelerators_from_tf() -> None:
+  """Keeps TF off GPUs/TPUs so it never grabs memory that JAX needs."""
+  for kind in ('GPU', 'TPU'):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):  # Already initialised / no such kind.
+      pass
+
+
+hide_accelerators_from_tf()
+
+TRAIN_AUGMENTS = ('digits', 'inception_crop', 'none')
+EVAL_RESIZES = ('direct', 'center_crop')
+EMBEDDED_DATASETS = (digits_lib.NAME,)
+# Source pixels by which the 'digits' augmentation may translate the image.
+DIGITS_MAX_SHIFT = 1  # of 8 source pixels; 2 shifts a quarter of the digit away
+CENTER_CROP_FRACTION = 0.875
+_REQUIRED = object()
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The configured TFDS dataset is not prepared in the configured data_dir."""
+
+
+class SplitNotFoundError(ValueError):
+  """The configured split does not exist in the dataset."""
+
+
+# --------------------------------------------------------------------------
+# Config access and dataset lookup.
+# --------------------------------------------------------------------------
+
+
+def _cfg(input_cfg: Any, name: str, default: Any = _REQUIRED) -> Any:
+  """Reads `input_cfg.<name>`; a clear error when a required one is missing."""
+  try:
+    value = getattr(input_cfg, name)
+  except (AttributeError, KeyError):
+    value = default
+  if value is _REQUIRED:
+    raise ValueError(f'config.input.{name} is required by the input pipeline.')
+  return value
+
+
+def _data_dir(input_cfg: Any) -> Optional[str]:
+  data_dir = _cfg(input_cfg, 'data_dir', None)
+  return os.path.expanduser(os.fspath(data_dir)) if data_dir else None
+
+
+def _prepare_instructions(name: str, data_dir: Optional[str]) -> str:
+  shown_dir = data_dir or os.environ.get('TFDS_DATA_DIR') or (
+      '~/tensorflow_datasets')
+  if name.startswith('imagenet2012'):
+    return (
+        f'To prepare ImageNet-1k: download ILSVRC2012_img_train.tar and '
+        f'ILSVRC2012_img_val.tar (from image-net.org, login required) into '
+        f'{shown_dir}/downloads/manual/ and run\n'
+        f'  tfds build {name} --data_dir={shown_dir}\n'
+        f'(or set config.input.dataset=sklearn_digits for the embedded '
+        f'offline dataset).')
+  return (
+      f'Prepare it with\n  tfds build {name} --data_dir={shown_dir}\n'
+      f'(datasets needing manual downloads read them from '
+      f'{shown_dir}/downloads/manual/), or set '
+      f'config.input.dataset=sklearn_digits for the embedded offline dataset.')
+
+
+def get_builder(input_cfg: Any) -> tfds.core.DatasetBuilder:
+  """Returns the prepared TFDS builder named by `input_cfg.dataset`.
+
+  'sklearn_digits' is prepared on first use (offline, seconds). Any other
+  dataset must already be prepared in `input_cfg.data_dir`; nothing is ever
+  downloaded.
+
+  Raises:
+    DatasetNotFoundError: the dataset is unknown or not prepared.
+  """
+  name = _cfg(input_cfg, 'dataset')
+  data_dir = _data_dir(input_cfg)
+  if name in EMBEDDED_DATASETS:
+    return digits_lib.prepare_embedded(data_dir)
+  where = data_dir or 'the TFDS default data dir'
+  try:
+    with digits_lib.gcs_disabled():
+      builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DatasetNotFoundError(
+        f'config.input.dataset={name!r} is neither a registered TFDS dataset '
+        f'nor prepared in config.input.data_dir={data_dir!r} ({where}). '
+        + _prepare_instructions(name, data_dir)) from e
+  if not builder.is_prepared():
+    raise DatasetNotFoundError(
+        f'TFDS dataset config.input.dataset={name!r} is not prepared in '
+        f'config.input.data_dir={data_dir!r} (looked in {builder.data_dir}). '
+        f'The input pipeline never downloads. '
+        + _prepare_instructions(name, data_dir))
+  return builder
+
+
+def _split_field(input_cfg: Any, split: str) -> str:
+  for field in ('train_split', 'eval_split'):
+    if _cfg(input_cfg, field, None) == split:
+      return f'config.input.{field}'
+  return 'split'
+
+
+def _check_split(builder: tfds.core.DatasetBuilder, split: str,
+                 field: str) -> int:
+  """Returns the number of examples of `split`; raises if it does not exist."""
+  available = sorted(builder.info.splits.keys())
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError, AssertionError) as e:
+    raise SplitNotFoundError(
+        f'{field}={split!r} is not a split of dataset '
+        f'{builder.info.full_name!r}; available splits: {available}.') from e
+
+
+def _check_num_classes(builder: tfds.core.DatasetBuilder,
+                       input_cfg: Any) -> None:
+  want = _cfg(input_cfg, 'num_classes', None)
+  label = builder.info.features['label']
+  have = getattr(label, 'num_classes', None)
+  if want is not None and have is not None and int(want) != int(have):
+    raise ValueError(
+        f'config.input.num_classes={want} but dataset '
+        f'{builder.info.full_name!r} has {have} classes.')
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(
+        f'config.batch_size={global_batch_size} must be a positive multiple '
+        f'of the number of processes ({process_count}).')
+  return global_batch_size // process_count
+
+
+def _process_splits(split: str, process_count: int) -> List[Any]:
+  """Disjoint per-process subsplits whose union is `split`."""
+  if process_count == 1:
+    return [split]
+  return tfds.even_splits(split, n=process_count, drop_remainder=False)
+
+
+def get_num_examples(input_cfg: Any, split: str) -> int:
+  """Number of examples in `split` of `input_cfg.dataset` (all processes)."""
+  builder = get_builder(input_cfg)
+  return _check_split(builder, split, _split_field(input_cfg, split))
+
+
+# --------------------------------------------------------------------------
+# Image ops. Images are uint8 [h, w, 3] tensors; seeds are int [2] tensors.
+# --------------------------------------------------------------------------
+
+
+def _check_choice(value: str, field: str, valid: Sequence[str]) -> str:
+  if value not in valid:
+    raise ValueError(
+        f'config.input.{field}={value!r} is not valid; choose one of '
+        f'{list(valid)}.')
+  return value
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+  """Encoded bytes (png/jpeg/...) -> uint8 [h, w, 3]."""
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  return tf.ensure_shape(image, [None, None, 3])
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Bilinear, antialiased resize to [size, size, 3] float32 (0..255 units)."""
+  image = tf.image.resize(tf.cast(image, tf.float32), (size, size),
+                          method='bilinear', antialias=True)
+  return tf.ensure_shape(image, [size, size, 3])
+
+
+def normalize(image: tf.Tensor, mean: Sequence[float],
+              std: Sequence[float]) -> tf.Tensor:
+  """float32 [..., 3] in 0..255 -> (x / 255 - mean) / std."""
+  mean = tf.constant(mean, tf.float32)
+  std = tf.constant(std, tf.float32)
+  return (tf.cast(image, tf.float32) / 255.0 - mean) / std
+
+
+def random_translate(image: tf.Tensor, seed: tf.Tensor,
+                     max_shift: int = DIGITS_MAX_SHIFT) -> tf.Tensor:
+  """Shifts by up to `max_shift` pixels per axis (zero pad + random crop).
+
+  Args:
+    image: uint8 [h, w, c] source image (before any resizing).
+    seed: int [2] stateless seed.
+    max_shift: maximum translation in source pixels.
+
+  Returns:
+    uint8 [h, w, c], zero-filled where the shift uncovered pixels.
+  """
+  shape = tf.shape(image)
+  padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift],
+                          [0, 0]])
+  return tf.image.stateless_random_crop(padded, shape, seed=seed)
+
+
+def inception_crop(image: tf.Tensor, seed: tf.Tensor, size: int,
+                   area_range: Tuple[float, float] = (0.08, 1.0),
+                   aspect_ratio_range: Tuple[float, float] = (3 / 4, 4 / 3),
+                   flip: bool = True) -> tf.Tensor:
+  """Inception-style random resized crop (+ horizontal flip).
+
+  Args:
+    image: uint8 [h, w, 3].
+    seed: int [2] stateless seed.
+    size: output resolution.
+    area_range: range of the crop area as a fraction of the image area.
+    aspect_ratio_range: range of the crop's width / height.
+    flip: also flip left-right with probability 1/2.
+
+  Returns:
+    float32 [size, size, 3] in 0..255 units.
+  """
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=2))
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image),
+      bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32,
+                                 [1, 1, 4]),
+      seed=crop_seed,
+      min_object_covered=0.0,
+      aspect_ratio_range=aspect_ratio_range,
+      area_range=area_range,
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  image = tf.slice(image, begin, crop_size)
+  image = resize(image, size)
+  if flip:
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+  return image
+
+
+def center_crop(image: tf.Tensor, size: int,
+                fraction: float = CENTER_CROP_FRACTION) -> tf.Tensor:
+  """Resizes the shorter side to size / fraction, then central size x size crop.
+
+  Args:
+    image: uint8 [h, w, 3].
+    size: output resolution.
+    fraction: crop size / resized shorter side (0.875 as in ImageNet eval).
+
+  Returns:
+    float32 [size, size, 3] in 0..255 units.
+  """
+  shape = tf.shape(image)
+  h = tf.cast(shape[0], tf.float32)
+  w = tf.cast(shape[1], tf.float32)
+  short = tf.cast(tf.round(size / fraction), tf.float32)
+  scale = short / tf.minimum(h, w)
+  new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), size)
+  new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), size)
+  image = tf.image.resize(tf.cast(image, tf.float32), (new_h, new_w),
+                          method='bilinear', antialias=True)
+  top = (new_h - size) // 2
+  left = (new_w - size) // 2
+  image = image[top:top + size, left:left + size]
+  return tf.ensure_shape(image, [size, size, 3])
+
+
+def preprocess_train(image: tf.Tensor, seed: tf.Tensor, *, size: int,
+                     augment: str, mean: Sequence[float],
+                     std: Sequence[float]) -> tf.Tensor:
+  """uint8 [h, w, 3] -> augmented, normalised float32 [size, size, 3]."""
+  if augment == 'digits':
+    image = resize(random_translate(image, seed), size)
+  elif augment == 'inception_crop':
+    image = inception_crop(image, seed, size)
+  elif augment == 'none':
+    image = resize(image, size)
+  else:
+    _check_choice(augment, 'train_augment', TRAIN_AUGMENTS)
+  return normalize(image, mean, std)
+
+
+def preprocess_eval(image: tf.Tensor, *, size: int, eval_resize: str,
+                    mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+  """uint8 [h, w, 3] -> normalised float32 [size, size, 3]."""
+  if eval_resize == 'direct':
+    image = resize(image, size)
+  elif eval_resize == 'center_crop':
+    image = center_crop(image, size)
+  else:
+    _check_choice(eval_resize, 'eval_resize', EVAL_RESIZES)
+  return normalize(image, mean, std)
+
+
+# --------------------------------------------------------------------------
+# Datasets.
+# --------------------------------------------------------------------------
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def _read(builder: tfds.core.DatasetBuilder, split: Any, *,
+          shuffle_seed: Optional[int]) -> tf.data.Dataset:
+  """Reads `split` with images left encoded (decoding happens later)."""
+  read_config = tfds.ReadConfig(
+      options=_options(),
+      try_autocache=False,
+      shuffle_seed=shuffle_seed,
+      shuffle_reshuffle_each_iteration=True)
+  return builder.as_dataset(
+      split=split,
+      shuffle_files=shuffle_seed is not None,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=read_config)
+
+
+def _decode(example: Dict[str, tf.Tensor],
+            keep: Sequence[str]) -> Dict[str, tf.Tensor]:
+  out = {'image': decode_image(example['image']),
+         'label': tf.cast(example['label'], tf.int32)}
+  out.update({k: example[k] for k in keep})
+  return out
+
+
+def _common(input_cfg: Any) -> Dict[str, Any]:
+  size = int(_cfg(input_cfg, 'image_size'))
+  if size <= 0:
+    raise ValueError(f'config.input.image_size={size} must be positive.')
+  mean = tuple(float(m) for m in _cfg(input_cfg, 'mean'))
+  std = tuple(float(s) for s in _cfg(input_cfg, 'std'))
+  if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+    raise ValueError(
+        f'config.input.mean={mean} / config.input.std={std} must be 3 '
+        f'per-channel values (0..1 units), std > 0.')
+  return dict(size=size, mean=mean, std=std)
+
+
+def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
+                       start_step: int = 0, process_index: int = 0,
+                       process_count: int = 1,
+                       keep_keys: Sequence[str] = ()) -> tf.data.Dataset:
+  """The train tf.data.Dataset behind `make_train_iterator`.
+
+  Args:
+    input_cfg: see module docstring.
+    global_batch_size: batch size summed over processes.
+    seed: shuffle and augmentation seed.
+    start_step: number of (local) batches to skip, for resuming.
+    process_index: this process's index.
+    process_count: number of processes.
+    keep_keys: extra dataset features to pass through (e.g. ('id',)).
+
+  Returns:
+    Infinite dataset of {'image': float32 [b, S, S, 3], 'label': int32 [b],
+    **keep_keys}, b = global_batch_size // process_count.
+  """
+  batch_size = _local_batch_size(global_batch_size, process_count)
+  augment = _check_choice(_cfg(input_cfg, 'train_augment', 'none'),
+                          'train_augment', TRAIN_AUGMENTS)
+  common = _common(input_cfg)
+  if start_step < 0:
+    raise ValueError(f'start_step={start_step} must be >= 0.')
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f'process_index={process_index} not in [0, {process_count}).')
+  builder = get_builder(input_cfg)
+  _check_num_classes(builder, input_cfg)
+  split = _cfg(input_cfg, 'train_split', 'train')
+  _check_split(builder, split, 'config.input.train_split')
+  local_split = _process_splits(split, process_count)[process_index]
+  keep = tuple(keep_keys)
+
+  ds = _read(builder, local_split, shuffle_seed=seed)
+  cache = bool(_cfg(input_cfg, 'cache', False))
+  if cache:  # Decoding is deterministic, so it may happen before the skip.
+    ds = ds.map(functools.partial(_decode, keep=keep),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.cache()
+  buffer = int(_cfg(input_cfg, 'shuffle_buffer', 10_000))
+  if buffer > 1:
+    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+  ds = ds.repeat()
+  ds = ds.enumerate()  # Element index i within this process's stream.
+  ds = ds.skip(int(start_step) * batch_size)
+  base_seed = tf.constant([seed, process_index], tf.int64)
+
+  def process(index, example):
+    if not cache:
+      example = _decode(example, keep)
+    elem_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+    out = {
+        'image': preprocess_train(example['image'], elem_seed,
+                                  augment=augment, **common),
+        'label': example['label'],
+    }
+    out.update({k: example[k] for k in keep})
+    return out
+
+  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_options())
+
+
+def make_train_iterator(input_cfg: Any, *, global_batch_size: int, seed: int,
+                        start_step: int = 0, process_index: int = 0,
+                        process_count: int = 1
+                        ) -> Iterator[Dict[str, np.ndarray]]:
+  """Infinite, shuffled, deterministic, resumable train batches.
+
+  Args:
+    input_cfg: see module docstring.
+    global_batch_size: batch size summed over processes (config.batch_size).
+    seed: shuffle and augmentation seed.
+    start_step: yield the batches a fresh iterator yields from batch
+      `start_step` on.
+    process_index: this process's index (jax.process_index()).
+    process_count: number of processes (jax.process_count()).
+
+  Returns:
+    Iterator of {'image': float32 [b, S, S, 3], 'label': int32 [b]} with
+    b = global_batch_size // process_count, S = input_cfg.image_size.
+  """
+  ds = make_train_dataset(
+      input_cfg, global_batch_size=global_batch_size, seed=seed,
+      start_step=start_step, process_index=process_index,
+      process_count=process_count)
+  return iter(tfds.as_numpy(ds))
+
+
+def _eval_dataset_impl(input_cfg: Any, *, split: str, global_batch_size: int,
+                       process_index: int, process_count: int,
+                       keep_keys: Sequence[str]) -> tf.data.Dataset:
+  batch_size = _local_batch_size(global_batch_size, process_count)
+  eval_resize = _check_choice(_cfg(input_cfg, 'eval_resize', 'direct'),
+                              'eval_resize', EVAL_RESIZES)
+  common = _common(input_cfg)
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+        f'process_index={process_index} not in [0, {process_count}).')
+  builder = get_builder(input_cfg)
+  _check_num_classes(builder, input_cfg)
+  _check_split(builder, split, _split_field(input_cfg, split))
+  splits = _process_splits(split, process_count)
+  sizes = [builder.info.splits[s].num_examples for s in splits]
+  # Every process yields the same number of batches (collectives need it).
+  num_batches = max(1, math.ceil(max(sizes) / batch_size))
+  num_pad = num_batches * batch_size - sizes[process_index]
+  keep = tuple(keep_keys)
+
+  ds = _read(builder, splits[process_index], shuffle_seed=None)
+  ds = ds.map(functools.partial(_decode, keep=keep),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if bool(_cfg(input_cfg, 'cache', False)):
+    ds = ds.cache()
+
+  def process(example):
+    out = {
+        'image': preprocess_eval(example['image'], eval_resize=eval_resize,
+                                 **common),
+        'label': example['label'],
+        'mask': tf.constant(True),
+    }
+    out.update({k: example[k] for k in keep})
+    return out
+
+  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
+  if num_pad:
+    pad = tf.nest.map_structure(
+        lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_pad))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_options())
+
+
+# Memoised eval datasets (only with input_cfg.cache), so that their in-memory
+# cache survives across evaluations. Small: cached sets are small by contract.
+_EVAL_DATASETS: Dict[Tuple[Any, ...], tf.data.Dataset] = {}
+_MAX_EVAL_DATASETS = 8
+
+
+def make_eval_dataset(input_cfg: Any, *, split: str, global_batch_size: int,
+                      process_index: int = 0, process_count: int = 1,
+                      keep_keys: Sequence[str] = ()) -> tf.data.Dataset:
+  """The eval tf.data.Dataset behind `make_eval_iterator`.
+
+  With `input_cfg.cache`, the dataset object is memoised so that its
+  in-memory cache survives across evaluations.
+
+  Returns:
+    Finite dataset of {'image': float32 [b, S, S, 3], 'label': int32 [b],
+    'mask': bool [b], **keep_keys}; padding rows are all zeros, mask False.
+  """
+  kwargs = dict(split=split, global_batch_size=global_batch_size,
+                process_index=process_index, process_count=process_count,
+                keep_keys=tuple(keep_keys))
+  if not bool(_cfg(input_cfg, 'cache', False)):
+    return _eval_dataset_impl(input_cfg, **kwargs)
+  fields = ('dataset', 'data_dir', 'image_size', 'num_classes', 'mean', 'std',
+            'eval_resize')
+  key = tuple(repr(_cfg(input_cfg, f, None)) for f in fields)
+  key += (os.environ.get('TFDS_DATA_DIR'),) + tuple(sorted(kwargs.items()))
+  if key not in _EVAL_DATASETS:
+    if len(_EVAL_DATASETS) >= _MAX_EVAL_DATASETS:
+      _EVAL_DATASETS.pop(next(iter(_EVAL_DATASETS)))
+    _EVAL_DATASETS[key] = _eval_dataset_impl(input_cfg, **kwargs)
+  return _EVAL_DATASETS[key]
+
+
+def make_eval_iterator(input_cfg: Any, *, split: str, global_batch_size: int,
+                       process_index: int = 0, process_count: int = 1
+                       ) -> Iterator[Dict[str, np.ndarray]]:
+  """One deterministic pass over `split`, last batch padded and masked.
+
+  Every example of the process's shard appears exactly once with
+  mask=True; all processes yield ceil(max shard size / b) batches.
+
+  Args:
+    input_cfg: see module docstring.
+    split: TFDS split to evaluate (usually input_cfg.eval_split).
+    global_batch_size: batch size summed over processes.
+    process_index: this process's index.
+    process_count: number of processes.
+
+  Returns:
+    Iterator of {'image': float32 [b, S, S, 3], 'label': int32 [b],
+    'mask': bool [b]}, b = global_batch_size // process_count.
+  """
+  ds = make_eval_dataset(
+      input_cfg, split=split, global_batch_size=global_batch_size,
+      process_index=process_index, process_count=process_count)
+  return iter(tfds.as_numpy(ds))

@@ -1,0 +1,1 @@
+"""Command-line tools: ``count`` (parameters and FLOPs) and ``benchmark`` (speed, memory)."""

@@ -1,0 +1,1 @@
+"""Train state, sharded steps, optimizers, checkpointing and the shared loop."""

@@ -1,0 +1,162 @@
+"""Orbax checkpoints: auto-resume, async saves, keep-last-N, and weights-only init_from.
+
+Layout: ``<workdir>/checkpoints/<step>/{state,meta}``. ``meta`` records the model name and
+the shapes of its params, so resuming a workdir that holds another model fails with a clear
+message before anything is written. Orbax finalises a step directory atomically, so a run
+killed mid-save leaves the previous checkpoint intact and the partial one is ignored.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointMismatchError(ValueError):
+  """The workdir's checkpoint does not belong to the configured model."""
+
+
+def _shapes(tree) -> dict:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): list(np.shape(x)) for p, x in flat}
+
+
+def model_meta(model_name: str, params) -> dict:
+  return {'model': model_name, 'param_shapes': _shapes(params)}
+
+
+def describe_mismatch(saved: dict, current: dict, limit: int = 5) -> str:
+  s, c = saved.get('param_shapes', {}), current['param_shapes']
+  missing = [k for k in c if k not in s][:limit]
+  unexpected = [k for k in s if k not in c][:limit]
+  shape = [f'{k}: checkpoint {s[k]} vs model {c[k]}' for k in c if k in s and s[k] != c[k]]
+  parts = []
+  if missing:
+    parts.append(f'missing in checkpoint: {missing}')
+  if unexpected:
+    parts.append(f'not in model: {unexpected}')
+  if shape:
+    parts.append(f'shape differences: {shape[:limit]}')
+  return '; '.join(parts)
+
+
+class Checkpointer:
+  """A thin wrapper around ocp.CheckpointManager for the train state."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('state', 'meta'))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+        'meta']
+
+  def check_compatible(self, step: int, meta: dict, workdir: str):
+    saved = self.read_meta(step)
+    if saved.get('model') != meta['model']:
+      raise CheckpointMismatchError(
+          f"--workdir={workdir} holds a checkpoint of model {saved.get('model')!r} (step "
+          f"{step}), but config.model.name is {meta['model']!r}. Use a new --workdir for this "
+          f"model, or set --config.model.name={saved.get('model')} to resume that run. "
+          f'Nothing in the workdir was changed.')
+    diff = describe_mismatch(saved, meta)
+    if diff:
+      raise CheckpointMismatchError(
+          f'--workdir={workdir} holds a checkpoint (step {step}) of {meta["model"]} with other '
+          f'parameter shapes than this config builds ({diff}). Restore the model fields it was '
+          f'trained with (see {workdir}/config.json), or use a new --workdir. Nothing in the '
+          f'workdir was changed.')
+
+  def restore(self, step: int, abstract_state):
+    return self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
+
+  def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
+    return self.manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)), force=force)
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def load_params_for_init(path: str, model_name: str, params_like,
+                         model_overrides: Optional[dict] = None) -> Any:
+  """Weights only, for fine-tuning (``config.init_from``): no step, no optimizer state.
+
+  ``path`` is a workdir or its ``checkpoints`` dir (latest step), a step directory, or a
+  PyTorch / safetensors / .npz file of the official releases (via swin_jax.convert).
+  Leaves whose shape differs from the model's (e.g. a head with another number of classes)
+  keep the model's fresh initialisation; they are returned by name in ``skipped``.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config.init_from={path} does not exist: give a workdir, an '
+                            f'Orbax step directory, or a .pth/.safetensors/.npz file.')
+  if os.path.isfile(path):
+    from swin_jax import convert  # pylint: disable=g-import-not-at-top
+    load = convert.load_vit_npz if path.endswith('.npz') else convert.load_torch_checkpoint
+    kw = dict(model_overrides or {})
+    try:
+      loaded = load(model_name, path, **kw)['params']
+    except ValueError as e:
+      if 'drop_head' not in str(e):
+        raise
+      # Another number of classes: fine-tuning keeps the model's freshly initialised head.
+      loaded = load(model_name, path, drop_head=True, **kw)['params']
+  else:
+    loaded = _restore_orbax_params(path)
+  return merge_params(params_like, loaded, source=path)
+
+
+def _restore_orbax_params(path: str):
+  candidates = [path, os.path.join(path, 'checkpoints')]
+  for d in candidates:
+    if os.path.isdir(os.path.join(d, 'state')):  # a step directory
+      ckptr = ocp.StandardCheckpointer()
+      return ckptr.restore(os.path.join(d, 'state'))['params']
+    mngr = ocp.CheckpointManager(d, item_names=('state', 'meta'),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    step = mngr.latest_step()
+    if step is not None:
+      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      return restored['state']['params']
+  raise FileNotFoundError(f'config.init_from={path} holds no Orbax checkpoint (looked in '
+                          f'{candidates}).')
+
+
+def merge_params(params_like, loaded, source: str = ''):
+  """Takes each leaf of ``loaded`` whose path and shape match ``params_like``.
+
+  Returns (params, skipped): skipped lists paths kept at their fresh initialisation. If
+  nothing matches at all the checkpoint is for another model: that raises.
+  """
+  flat_like = jax.tree_util.tree_flatten_with_path(params_like)
+  loaded_by_path = {jax.tree_util.keystr(p): x
+                    for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  out, skipped = [], []
+  for p, x in flat_like[0]:
+    k = jax.tree_util.keystr(p)
+    y = loaded_by_path.get(k)
+    if y is not None and tuple(np.shape(y)) == tuple(np.shape(x)):
+      out.append(np.asarray(y, dtype=np.asarray(x).dtype) if not hasattr(x, 'sharding')
+                 else jax.numpy.asarray(y, dtype=x.dtype))
+    else:
+      out.append(x)
+      skipped.append(k)
+  if len(skipped) == len(flat_like[0]):
+    raise CheckpointMismatchError(
+        f'config.init_from={source}: no parameter matches the model (wrong model name?).')
+  return jax.tree_util.tree_unflatten(flat_like[1], out), skipped

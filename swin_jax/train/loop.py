@@ -1,0 +1,315 @@
+"""The training loop shared by every task: resume, train, log, checkpoint, evaluate.
+
+Resume is automatic: if ``<workdir>/checkpoints`` holds a step, training continues from it
+with the same data order and randomness as an uninterrupted run (the input pipeline is a
+pure function of (seed, step) and the step rng is fold_in(seed, step)).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Dict, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from swin_jax.data import input_pipeline
+from swin_jax.models import create_model
+from swin_jax.train import checkpointing, optimizers, sharding as shd, steps as steps_lib
+from swin_jax.train.tasks import ClassificationTask
+
+log = logging.getLogger('swin_jax')
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_overrides(config):
+  """Every field of config.model but `name` (and the compute dtype), for create_model."""
+  return {k: v for k, v in config.model.to_dict().items()
+          if k not in ('name', 'dtype') and v is not None}
+
+
+def model_from_config(config):
+  """create_model(config.model.name, **every other field of config.model)."""
+  overrides = model_overrides(config)
+  dtype = config.model.get('dtype') or 'float32'
+  if dtype not in _DTYPES:
+    raise ValueError(f'config.model.dtype={dtype!r}: use one of {list(_DTYPES)}')
+  overrides['dtype'] = _DTYPES[dtype]
+  return create_model(config.model.name, **overrides)
+
+
+def task_from_config(config):
+  return ClassificationTask(config.input.num_classes, config.get('label_smoothing', 0.0))
+
+
+def save_config(config, workdir: str):
+  """Writes the resolved config to <workdir>/config.json; a different old one is kept aside."""
+  path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+    os.rename(path, os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'))
+  with open(path, 'w') as f:
+    f.write(text)
+
+
+class MetricWriter:
+  """metrics.jsonl (one JSON object per line) + TensorBoard event files, process 0 only."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, split: str, metrics: Dict[str, float]):
+    if not self.enabled:
+      return
+    rec = {'step': int(step), 'split': split, 'time': time.time()}
+    rec.update({k: float(v) for k, v in metrics.items()})
+    self._jsonl.write(json.dumps(rec) + '\n')
+    self._jsonl.flush()
+    for k, v in metrics.items():
+      self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
+    self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class _Preemption:
+  """Sets a flag on SIGTERM (TPU VM preemption) so the loop saves and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+class Trainer:
+  """Builds model, data, optimizer and state from a config; train() and evaluate()."""
+
+  def __init__(self, config, workdir: str):
+    shd.maybe_initialize_distributed(config)
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.is_main = jax.process_index() == 0
+    os.makedirs(self.workdir, exist_ok=True)
+    self.model = model_from_config(config)
+    self.model_overrides = model_overrides(config)
+    self.task = task_from_config(config)
+    self.mesh = shd.create_mesh()
+    if config.batch_size % jax.device_count():
+      raise ValueError(f'config.batch_size={config.batch_size} is not divisible by the '
+                       f'{jax.device_count()} devices: use a multiple of {jax.device_count()}.')
+    accum = config.optimizer.get('grad_accum_steps', 1)
+    if config.batch_size % (accum * jax.device_count()):
+      raise ValueError(f'config.batch_size={config.batch_size} must be divisible by '
+                       f'config.optimizer.grad_accum_steps={accum} x {jax.device_count()} '
+                       f'devices.')
+    self.num_train = input_pipeline.get_num_examples(config.input, config.input.train_split)
+    self.steps_per_epoch = max(self.num_train // config.batch_size, 1)
+    self.total_steps = int(config.get('total_steps') or
+                           math.ceil(config.num_epochs * self.steps_per_epoch))
+    self.schedule = optimizers.make_schedule(config, self.total_steps, self.steps_per_epoch)
+    self.tx = optimizers.make_optimizer(config, self.schedule)
+    rng = jax.random.PRNGKey(config.seed)
+    self.init_rng, self.dropout_rng = jax.random.split(rng)
+    size = config.input.image_size
+    self.input_shape = (1, size, size, 3)
+    self.use_ema = bool(config.optimizer.get('ema_decay', 0.0))
+    self._create = lambda: steps_lib.create_train_state(
+        self.model, self.tx, self.init_rng, self.input_shape, self.use_ema)
+    self.abstract_state = jax.eval_shape(self._create)
+    self.state_sharding = shd.state_shardings(self.abstract_state, self.mesh,
+                                              config.get('sharding', {}).get('fsdp', False))
+    self.meta = checkpointing.model_meta(config.model.name, self.abstract_state.params)
+    ck = config.checkpoint
+    self.ckpt = checkpointing.Checkpointer(self.workdir, keep=ck.keep,
+                                           async_save=ck.get('async_save', True))
+
+  # ---------------------------------------------------------------- state
+  def initial_state(self):
+    """Latest checkpoint in the workdir if any (resume), else a fresh (or init_from) state."""
+    latest = self.ckpt.latest_step()
+    if latest is not None:
+      self.ckpt.check_compatible(latest, self.meta, self.workdir)
+      target = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+          self.abstract_state, self.state_sharding)
+      state = self.ckpt.restore(latest, target)
+      log.info('Resumed from %s at step %d.', self.ckpt.directory, latest)
+      return state
+    state = jax.jit(self._create, out_shardings=self.state_sharding)()
+    if self.config.get('init_from'):
+      params, skipped = checkpointing.load_params_for_init(
+          self.config.init_from, self.config.model.name, jax.device_get(state.params),
+          model_overrides=self.model_overrides)
+      params = jax.device_put(params, self.state_sharding.params)
+      state = state.replace(params=params, opt_state=jax.jit(
+          self.tx.init, out_shardings=self.state_sharding.opt_state)(params))
+      if self.use_ema:
+        state = state.replace(ema_params=jax.tree.map(jnp.copy, params))
+      log.info('Initialised weights from %s (kept fresh: %s).', self.config.init_from,
+               skipped or 'none')
+    return state
+
+  # ---------------------------------------------------------------- eval
+  def evaluate(self, state, split: Optional[str] = None) -> Dict[str, float]:
+    split = split or self.config.input.eval_split
+    params = state.ema_params if state.ema_params is not None else state.params
+    if not hasattr(self, '_eval_step'):
+      self._eval_step = steps_lib.jit_eval_step(
+          steps_lib.make_eval_step(self.model, self.task), self.state_sharding.params,
+          self.state_sharding.model_state, self.mesh)
+    sums = None
+    it = input_pipeline.make_eval_iterator(
+        self.config.input, split=split, global_batch_size=self.config.get(
+            'eval_batch_size', self.config.batch_size),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    for local in it:
+      out = jax.device_get(self._eval_step(params, state.model_state,
+                                           shd.global_batch(local, self.mesh)))
+      sums = out if sums is None else jax.tree.map(np.add, sums, out)
+    if sums is None:
+      raise ValueError(f'config.input.eval_split={split!r} yielded no examples.')
+    return self.task.summarize(sums)
+
+  # ---------------------------------------------------------------- train
+  def train(self) -> Dict[str, Any]:
+    config = self.config
+    state = self.initial_state()  # checks a resumed checkpoint fits before writing anything
+    if self.is_main:
+      save_config(config, self.workdir)
+    start = int(jax.device_get(state.step))
+    train_step = steps_lib.jit_train_step(
+        steps_lib.make_train_step(
+            self.model, self.task, self.tx, self.schedule, base_rng=self.dropout_rng,
+            grad_accum_steps=config.optimizer.get('grad_accum_steps', 1),
+            ema_decay=config.optimizer.get('ema_decay', 0.0)),
+        self.state_sharding, self.mesh)
+    it = input_pipeline.make_train_iterator(
+        config.input, global_batch_size=config.batch_size, seed=config.seed, start_step=start,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    writer = MetricWriter(self.workdir, self.is_main)
+    every_ckpt = config.checkpoint.every_steps
+    every_eval = config.get('eval_every_steps', 0)
+    every_log = config.get('log_every_steps', 10)
+    history, pending = [], None
+    eval_metrics: Dict[str, float] = {}
+    bar = tqdm(total=self.total_steps, initial=start, desc='train', dynamic_ncols=True,
+               disable=not (self.is_main and config.get('progress_bar', True)))
+
+    def consume(step, metrics):
+      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not all(math.isfinite(m[k]) for k in ('loss', 'grad_norm', 'param_norm')):
+        self.ckpt.wait()
+        good = self.ckpt.latest_step()
+        raise NonFiniteLossError(
+            f'loss={m["loss"]} grad_norm={m["grad_norm"]} param_norm={m["param_norm"]} at step '
+            f'{step}: training stopped. '
+            f'The last good checkpoint (step {good}) is kept in {self.ckpt.directory}; the '
+            f'failed step was not saved. Lower config.optimizer.lr or set '
+            f'config.optimizer.clip_grad_norm, then run the same command to resume.')
+      history.append(m)
+      bar.update(step - bar.n)
+      bar.set_postfix(loss=f'{m["loss"]:.4f}', lr=f'{m["lr"]:.2e}')
+      if step % every_log == 0 or step == self.total_steps:
+        avg = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+        avg['epoch'] = step / self.steps_per_epoch
+        writer.write(step, 'train', avg)
+        history.clear()
+
+    t0 = time.time()
+    try:
+      with _Preemption() as preempt:
+        for step in range(start + 1, self.total_steps + 1):
+          batch = shd.global_batch(next(it), self.mesh)
+          state, metrics = train_step(state, batch)
+          if pending is not None:  # one step behind: the host never stalls the device
+            consume(*pending)
+          pending = (step, metrics)
+          stop = preempt.requested
+          if step % every_ckpt == 0 or step == self.total_steps or stop:
+            consume(*pending)  # never save a non-finite state
+            pending = None
+            self.ckpt.save(step, state, self.meta, force=True)
+          if every_eval and step % every_eval == 0 and step != self.total_steps:
+            eval_metrics = self.evaluate(state)
+            writer.write(step, 'eval', eval_metrics)
+          if stop:
+            self.ckpt.wait()
+            bar.close()
+            log.warning('SIGTERM: saved step %d to %s and stopped; run the same command to '
+                        'resume.', step, self.ckpt.directory)
+            return {'step': step, 'preempted': True}
+        if pending is not None:
+          consume(*pending)
+      bar.close()
+      train_time = time.time() - t0
+      eval_metrics = self.evaluate(state)
+      eval_metrics['train_time_s'] = train_time
+      writer.write(self.total_steps, 'eval', eval_metrics)
+      if self.is_main:
+        print(f'step {self.total_steps}: ' + ', '.join(
+            f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+            for k, v in eval_metrics.items()), flush=True)
+      return dict(eval_metrics, step=self.total_steps)
+    finally:
+      bar.close()
+      self.ckpt.wait()
+      writer.close()
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+  trainer = Trainer(config, workdir)
+  try:
+    return trainer.train()
+  finally:
+    trainer.ckpt.close()
+
+
+def evaluate(config, workdir: str) -> Dict[str, float]:
+  """Evaluates the workdir's latest checkpoint (or config.init_from) on the eval split."""
+  trainer = Trainer(config, workdir)
+  try:
+    if trainer.ckpt.latest_step() is None and not config.get('init_from'):
+      raise FileNotFoundError(
+          f'--workdir={workdir} holds no checkpoint to evaluate: train there first, or set '
+          f'--config.init_from=PATH to evaluate converted weights.')
+    state = trainer.initial_state()
+    metrics = trainer.evaluate(state)
+    print(json.dumps(metrics), flush=True)
+    return metrics
+  finally:
+    trainer.ckpt.close()

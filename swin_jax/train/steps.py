@@ -1,0 +1,113 @@
+"""Train state and the jitted, sharded train / eval steps."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from swin_jax.train import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, and nothing else.
+
+  model_state: the model's mutable collections (e.g. {'batch_stats': ...}); {} for ViT.
+  ema_params: exponential moving average of params, or None when EMA is off.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Dict[str, Any]
+  ema_params: Any = None
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng, input_shape,
+                       use_ema: bool) -> TrainState:
+  variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros(input_shape, jnp.float32),
+                         train=False)
+  variables = flax.core.unfreeze(variables)
+  params = variables.pop('params')
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state=variables,
+                    ema_params=jax.tree.map(jnp.copy, params) if use_ema else None)
+
+
+def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
+                    schedule: Callable, *, base_rng, grad_accum_steps: int = 1,
+                    ema_decay: float = 0.0) -> Callable:
+  """Returns train_step(state, batch) -> (state, metrics) (not yet jitted).
+
+  With grad_accum_steps = k the global batch is split into k micro-batches (interleaved, so
+  each stays spread over all devices); their gradients are averaged before one update, which
+  equals one step on the whole batch for models without batch statistics.
+  """
+  def loss_fn(params, model_state, micro, rng):
+    variables = {'params': params, **model_state}
+    if model_state:
+      out, new_state = model.apply(variables, micro['image'], train=True,
+                                   rngs={'dropout': rng}, mutable=list(model_state))
+    else:
+      out, new_state = model.apply(variables, micro['image'], train=True,
+                                   rngs={'dropout': rng}), {}
+    loss, metrics = task.loss(out, micro)
+    return loss, (metrics, new_state)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+    k = grad_accum_steps
+    if k == 1:
+      (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
+    else:
+      def split(x):  # [B, ...] -> [k, B/k, ...], micro-batch i = rows i, i+k, ...
+        return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+      micro = jax.tree.map(split, batch)
+
+      def body(carry, xs):
+        grads_acc, model_state = carry
+        i, mb = xs
+        (_, (m, model_state)), g = grad_fn(state.params, model_state, mb,
+                                           jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, grads_acc, g), model_state), m
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (grads, model_state), ms = jax.lax.scan(
+          body, (zeros, state.model_state), (jnp.arange(k), micro))
+      grads = jax.tree.map(lambda g: g / k, grads)
+      metrics = jax.tree.map(jnp.mean, ms)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+    metrics = dict(metrics, lr=schedule(state.step), grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params))
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                        model_state=model_state, ema_params=ema)
+    return new, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, task) -> Callable:
+  """eval_step(params, model_state, batch) -> dict of metric sums over the (masked) batch."""
+  def eval_step(params, model_state, batch):
+    out = model.apply({'params': params, **model_state}, batch['image'], train=False)
+    return task.eval_sums(out, batch)
+  return eval_step
+
+
+def jit_train_step(train_step, state_sharding, mesh):
+  return jax.jit(train_step, in_shardings=(state_sharding, shd.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,))
+
+
+def jit_eval_step(eval_step, params_sharding, model_state_sharding, mesh):
+  return jax.jit(eval_step,
+                 in_shardings=(params_sharding, model_state_sharding, shd.batch_sharding(mesh)),
+                 out_shardings=shd.replicated(mesh))

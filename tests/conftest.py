@@ -1,0 +1,33 @@
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(relpath: str, arg=None):
+  """get_config(arg) of a config file, as --config=relpath:arg would give."""
+  path = os.path.join(ROOT, relpath)
+  spec = importlib.util.spec_from_file_location('cfg_' + os.path.basename(path)[:-3], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg) if arg is not None else mod.get_config()
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  """A tfds data dir with the embedded digits dataset prepared once per session."""
+  from swin_jax.data import prepare_embedded
+  d = str(tmp_path_factory.mktemp('tfds'))
+  prepare_embedded(d)
+  return d
+
+
+def run_main(args, cwd=ROOT, env=None, timeout=600):
+  """Runs `python -m swin_jax.main ARGS` to completion; returns CompletedProcess."""
+  return subprocess.run([sys.executable, '-m', 'swin_jax.main', *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout,
+                        env=dict(os.environ, **(env or {})))

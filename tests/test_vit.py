@@ -1,0 +1,87 @@
+"""ViT behaviour on tiny configs (parameter counts of the full-size models: test_tools.py)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swin_jax.models import create_model
+from swin_jax.models.vit import posemb_sincos_2d
+
+
+def _init(model, size=32, batch=2):
+  x = jax.random.normal(jax.random.PRNGKey(1), (batch, size, size, 3))
+  return model.init(jax.random.PRNGKey(0), x), x
+
+
+@pytest.mark.parametrize('kw', [dict(), dict(global_pool='avg'),
+                                dict(pos_embed='sincos2d', global_pool='avg', class_token=False),
+                                dict(representation_size=48)])
+def test_forward_shapes_and_names(kw):
+  model = create_model('vit_demo', num_classes=7, **kw)
+  variables, x = _init(model)
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+  p = variables['params']
+  assert ('norm' in p) == (kw.get('global_pool', 'token') == 'token')
+  assert ('fc_norm' in p) == (kw.get('global_pool') == 'avg')
+  assert ('pos_embed' in p) == (kw.get('pos_embed', 'learn') == 'learn')
+  assert ('pre_logits' in p) == ('representation_size' in kw)
+  assert p['blocks_0']['attn']['qkv']['kernel'].shape == (96, 288)
+
+
+def test_class_token_slot_in_pos_embed():
+  model = create_model('vit_demo')
+  variables, _ = _init(model)
+  assert variables['params']['pos_embed'].shape == (1, 1 + 8 * 8, 96)
+
+
+def test_sincos_matches_formula():
+  pe = posemb_sincos_2d(3, 4, 8)
+  # position (y=1, x=2) is row 1*4+2; omega = 1/10000**(i/(dim/4-1)), dim/4 = 2.
+  omega = 1.0 / 10000.0 ** (np.arange(2) / 1.0)
+  expect = np.concatenate([np.sin(2 * omega), np.cos(2 * omega), np.sin(1 * omega),
+                           np.cos(1 * omega)])
+  np.testing.assert_allclose(pe[0, 6], expect, rtol=1e-6)
+
+
+def test_drop_path_and_dropout_active_only_in_training():
+  model = create_model('vit_demo', drop_path_rate=0.5, drop_rate=0.1)
+  variables, x = _init(model)
+  a = model.apply(variables, x, train=False)
+  b = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(a, b)
+  # The head starts at zero (logits all 0): perturb it so dropout shows in the logits.
+  params = jax.tree.map(lambda v: v, variables['params'])
+  params['head']['kernel'] = jax.random.normal(jax.random.PRNGKey(3), params['head']['kernel'].shape)
+  t1 = model.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.PRNGKey(1)})
+  t2 = model.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.PRNGKey(2)})
+  e = model.apply({'params': params}, x, train=False)
+  assert not np.allclose(t1, t2) and not np.allclose(t1, e)
+
+
+def test_bfloat16_compute_close_to_float32():
+  m32 = create_model('vit_demo')
+  variables, x = _init(m32)
+  params = jax.tree.map(lambda v: v, variables['params'])
+  params['head']['kernel'] = jax.random.normal(jax.random.PRNGKey(3), params['head']['kernel'].shape) * 0.1
+  a = m32.apply({'params': params}, x)
+  b = create_model('vit_demo', dtype=jnp.bfloat16).apply({'params': params}, x)
+  assert b.dtype == jnp.float32  # logits come back in float32
+  assert jax.tree.leaves(params)[0].dtype == jnp.float32
+  np.testing.assert_allclose(a, b, atol=0.05 * float(jnp.abs(a).max()) + 1e-3)
+
+
+def test_image_size_errors_name_the_field():
+  with pytest.raises(ValueError, match='img_size=30x30 is not divisible by patch_size=4'):
+    _init(create_model('vit_demo', img_size=30), size=30)
+  model = create_model('vit_demo')
+  variables, _ = _init(model)
+  with pytest.raises(ValueError, match='img_size'):
+    model.apply(variables, jnp.zeros((1, 48, 48, 3)))
+
+
+def test_unknown_model_and_override():
+  with pytest.raises(ValueError, match='Did you mean vit_base_patch16_224'):
+    create_model('vit_base_patch16_244')
+  with pytest.raises(TypeError, match="unknown model override.*'num_clases'"):
+    create_model('vit_demo', num_clases=3)
