@@ -48,7 +48,11 @@ def parse_flags(argv):
     rest = FLAGS(argv)
     config = FLAGS.config  # the file is loaded and overrides applied here
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    msg = str(e).strip().strip("'\"").replace('\\n', ' ').replace('\n', ' ')
+    msg = str(e).strip()
+    if 'Traceback (most recent call last)' in msg:  # raised inside the file's get_config()
+      last = [l for l in msg.replace('\\n', '\n').splitlines() if l.strip()][-1]
+      _fail(f'{path} (--config): {last.strip()}')
+    msg = msg.strip("'\"").replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
     _fail(f'bad config override ({msg}). Override existing fields only, e.g. '
           f'--config.optimizer.lr=1e-3; see the config file for the fields.')
   if config is None or not hasattr(config, 'to_dict'):

@@ -296,15 +296,16 @@ def test_digits_augment_translates_and_keeps_label(data_dir, sk_digits):
     assert img.shape == (8, 8, 3)
     assert label == labels[i]
     grey = np.floor(images[i] * 255.0 / 16.0 + 0.5)
-    padded = np.pad(grey, 2)
+    m = ip.DIGITS_MAX_SHIFT
+    padded = np.pad(grey, m)
     got = img[..., 0] * 255.0
     np.testing.assert_allclose(img[..., 1:] * 255.0,
                                np.repeat(got[..., None], 2, -1), atol=1e-3)
-    # The result is an 8x8 window of the 2-pixel zero-padded source.
-    matches = [(dy, dx) for dy in range(5) for dx in range(5)
+    # The result is an 8x8 window of the m-pixel zero-padded source.
+    matches = [(dy, dx) for dy in range(2 * m + 1) for dx in range(2 * m + 1)
                if np.allclose(padded[dy:dy + 8, dx:dx + 8], got, atol=1e-3)]
     assert matches, f'id {i} is not a translation of its source'
-    shifted += (2, 2) not in matches
+    shifted += (m, m) not in matches
   assert shifted > 0
 
 
