@@ -179,18 +179,40 @@ def test_workdir_of_another_model_is_refused_untouched(tfds_dir, tmp_path):
       assert os.path.getmtime(os.path.join(work, f)) == t, f
 
 
-def test_init_from_loads_weights_only(tfds_dir, tmp_path):
+def test_init_from_loads_weights_only_and_evaluate_mode(tfds_dir, tmp_path):
+  from swin_jax.convert import resample_pos_embed
   from swin_jax.train import loop
   src = str(tmp_path / 'src')
-  loop.train_and_evaluate(_quick(tfds_dir, total_steps=4), src)
+  final = loop.train_and_evaluate(_quick(tfds_dir, total_steps=4), src)
   want, _ = _params_at(src, 4)
-  trainer = loop.Trainer(_quick(tfds_dir, init_from=src), str(tmp_path / 'ft'))
+  # --mode=evaluate on the workdir reproduces the end-of-training evaluation.
+  again = loop.evaluate(_quick(tfds_dir, total_steps=4), src)
+  assert again['accuracy'] == final['accuracy'] and again['num_examples'] == 360
+  # Fine-tuning at 2x the resolution: step 0, fresh optimizer, pos_embed resampled.
+  trainer = loop.Trainer(_quick(tfds_dir, init_from=src, **{'input.image_size': 32}),
+                         str(tmp_path / 'ft'))
   state = trainer.initial_state()
+  trainer.ckpt.close()
   assert int(state.step) == 0
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), want)
+  got = jax.device_get(state.params)
+  np.testing.assert_allclose(got['pos_embed'],
+                             resample_pos_embed(want['pos_embed'], (8, 8)), rtol=1e-6)
+  got.pop('pos_embed'), want.pop('pos_embed')
+  jax.tree.map(np.testing.assert_array_equal, got, want)
   mu = state.opt_state[1][0].mu  # adamw first moment starts from zero again
   assert all(float(np.abs(x).max()) == 0.0 for x in jax.tree.leaves(mu))
-  trainer.ckpt.close()
+
+
+def test_ema_params_are_tracked_and_checkpointed(tfds_dir, tmp_path):
+  from swin_jax.train import loop
+  work = str(tmp_path / 'ema')
+  loop.train_and_evaluate(_quick(tfds_dir, total_steps=4, **{'optimizer.ema_decay': 0.5}), work)
+  _, s2 = _params_at(work, 2)
+  _, s4 = _params_at(work, 4)
+  # ema_4 = 0.5 * (0.5 * ema_2 + 0.5 * p_3) + 0.5 * p_4: strictly between, not equal to p_4.
+  k = lambda t: np.asarray(t['blocks_0']['mlp']['fc1']['kernel'])
+  assert not np.allclose(k(s4['ema_params']), k(s4['params']))
+  assert np.abs(k(s4['ema_params']) - k(s2['ema_params'])).max() > 0
 
 
 @pytest.mark.parametrize('args,needle', [

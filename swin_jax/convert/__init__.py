@@ -25,7 +25,7 @@ from swin_jax.convert.torch_io import read_state_dict
 from swin_jax.convert.vit import convert_timm_vit, load_vit_npz, resample_pos_embed
 
 __all__ = ['load_torch_checkpoint', 'load_vit_npz', 'resample_pos_embed', 'read_state_dict',
-           'torch_bicubic_resize', 'torch_resize', 'CONVERTERS']
+           'torch_bicubic_resize', 'torch_resize', 'CONVERTERS', 'adapt_param']
 
 # family -> fn(state_dict, model, *, name, drop_head) -> params. Swin / Shunted / DETR
 # converters register here as they are added.
@@ -70,3 +70,29 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
   state_dict = read_state_dict(source)
   params = CONVERTERS[family](state_dict, model, name=name, drop_head=drop_head)
   return {'params': params}
+
+
+def _adapt_vit(model, path: str, value, shape):
+  if path.endswith("['pos_embed']") and len(shape) == 3 and value.shape[2] == shape[2]:
+    return resample_pos_embed(value, model.grid_size(),
+                              num_prefix_tokens=model.num_prefix_tokens)
+  return None
+
+
+# family -> fn(model, path, value, target_shape) -> adapted array or None (cannot adapt).
+ADAPTERS: Dict[str, Callable[..., Any]] = {
+    'vit': _adapt_vit,
+}
+
+
+def adapt_param(name: str, model, path: str, value, shape):
+  """Fits a checkpoint leaf to another shape where the model family knows how.
+
+  Used when fine-tuning from a run at another resolution (``config.init_from``): a ViT's
+  ``pos_embed`` is resampled to the model's grid (class token kept). Returns None when the
+  leaf cannot be adapted (e.g. a head with another number of classes).
+  """
+  from swin_jax.models import model_family  # pylint: disable=g-import-not-at-top
+  fn = ADAPTERS.get(model_family(name))
+  out = fn(model, path, value, tuple(shape)) if fn else None
+  return None if out is None or tuple(out.shape) != tuple(shape) else out

@@ -93,13 +93,15 @@ class Checkpointer:
 
 
 def load_params_for_init(path: str, model_name: str, params_like,
-                         model_overrides: Optional[dict] = None) -> Any:
+                         model_overrides: Optional[dict] = None, model=None) -> Any:
   """Weights only, for fine-tuning (``config.init_from``): no step, no optimizer state.
 
   ``path`` is a workdir or its ``checkpoints`` dir (latest step), a step directory, or a
   PyTorch / safetensors / .npz file of the official releases (via swin_jax.convert).
-  Leaves whose shape differs from the model's (e.g. a head with another number of classes)
-  keep the model's fresh initialisation; they are returned by name in ``skipped``.
+  Leaves whose shape differs from the model's are adapted where the family knows how
+  (``swin_jax.convert.adapt_param``: a ViT pos_embed is resampled to the new grid); others
+  (e.g. a head with another number of classes) keep the model's fresh initialisation and
+  are returned by name in ``skipped``.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
@@ -118,7 +120,11 @@ def load_params_for_init(path: str, model_name: str, params_like,
       loaded = load(model_name, path, drop_head=True, **kw)['params']
   else:
     loaded = _restore_orbax_params(path)
-  return merge_params(params_like, loaded, source=path)
+  adapt = None
+  if model is not None:
+    from swin_jax import convert  # pylint: disable=g-import-not-at-top
+    adapt = lambda k, v, shape: convert.adapt_param(model_name, model, k, v, shape)
+  return merge_params(params_like, loaded, source=path, adapt=adapt)
 
 
 def _restore_orbax_params(path: str):
@@ -137,7 +143,7 @@ def _restore_orbax_params(path: str):
                           f'{candidates}).')
 
 
-def merge_params(params_like, loaded, source: str = ''):
+def merge_params(params_like, loaded, source: str = '', adapt=None):
   """Takes each leaf of ``loaded`` whose path and shape match ``params_like``.
 
   Returns (params, skipped): skipped lists paths kept at their fresh initialisation. If
@@ -150,9 +156,10 @@ def merge_params(params_like, loaded, source: str = ''):
   for p, x in flat_like[0]:
     k = jax.tree_util.keystr(p)
     y = loaded_by_path.get(k)
+    if y is not None and tuple(np.shape(y)) != tuple(np.shape(x)) and adapt is not None:
+      y = adapt(k, np.asarray(y), np.shape(x))
     if y is not None and tuple(np.shape(y)) == tuple(np.shape(x)):
-      out.append(np.asarray(y, dtype=np.asarray(x).dtype) if not hasattr(x, 'sharding')
-                 else jax.numpy.asarray(y, dtype=x.dtype))
+      out.append(np.asarray(y, dtype=np.asarray(x).dtype))
     else:
       out.append(x)
       skipped.append(k)

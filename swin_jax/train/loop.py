@@ -174,7 +174,7 @@ class Trainer:
     if self.config.get('init_from'):
       params, skipped = checkpointing.load_params_for_init(
           self.config.init_from, self.config.model.name, jax.device_get(state.params),
-          model_overrides=self.model_overrides)
+          model_overrides=self.model_overrides, model=self.model)
       params = jax.device_put(params, self.state_sharding.params)
       state = state.replace(params=params, opt_state=jax.jit(
           self.tx.init, out_shardings=self.state_sharding.opt_state)(params))
