@@ -149,16 +149,17 @@ def test_eight_devices_match_one_and_accumulation_matches_big_batch(tfds_dir, tm
   np.testing.assert_allclose(eight_fsdp_accum, one, rtol=2e-2)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tfds_dir, tmp_path):
+def test_keep_last_n_and_nan_loss_keeps_last_good_checkpoint(tfds_dir, tmp_path):
   from swin_jax.train import loop
   work = str(tmp_path / 'nan')
-  loop.train_and_evaluate(_quick(tfds_dir, total_steps=4), work)
-  assert _steps(work) == [2, 4]
+  loop.train_and_evaluate(_quick(tfds_dir, total_steps=8, **{'checkpoint.keep': 2}), work)
+  assert _steps(work) == [6, 8]  # keep-last-N removed 2 and 4
   before = sorted(os.listdir(work))
-  bad = _quick(tfds_dir, total_steps=10, **{'optimizer.lr': float('nan')})
-  with pytest.raises(loop.NonFiniteLossError, match=r'at step 5.*last good checkpoint \(step 4\)'):
+  bad = _quick(tfds_dir, total_steps=12, **{'optimizer.lr': float('nan')})
+  # A NaN learning rate makes the step-9 update NaN: caught at step 9, never saved.
+  with pytest.raises(loop.NonFiniteLossError, match=r'at step 9.*last good checkpoint \(step 8\)'):
     loop.train_and_evaluate(bad, work)
-  assert _steps(work) == [2, 4]
+  assert _steps(work) == [6, 8]
   assert set(before) <= set(os.listdir(work))
 
 
@@ -234,3 +235,12 @@ def test_cli_missing_dataset_says_how_to_prepare(tmp_path):
                   '--config.input.num_classes=1000', f'--config.input.data_dir={tmp_path}'])
   assert res.returncode == 2
   assert 'config.input.dataset' in res.stderr and 'tfds build' in res.stderr, res.stderr[-2000:]
+
+
+def test_cli_image_size_not_divisible_by_patch(tfds_dir, tmp_path):
+  work = tmp_path / 'w'
+  res = run_main([f'--config={DEMO}', f'--workdir={work}', f'--config.input.data_dir={tfds_dir}',
+                  '--config.input.image_size=18'])
+  assert res.returncode == 2
+  assert 'img_size=18x18 is not divisible by patch_size=4x4' in res.stderr, res.stderr[-2000:]
+  assert not os.path.exists(work / 'checkpoints') or not os.listdir(work / 'checkpoints')
