@@ -14,7 +14,7 @@ import flax.linen as nn
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: Dict[str, str] = {}
 # Modules that define models; imported on first use of the registry.
-_FAMILY_MODULES = ('swin_jax.models.vit',)
+_FAMILY_MODULES = ('swin_jax.models.vit', 'swin_jax.models.swin')
 
 
 def register_model(name: str, family: str):
