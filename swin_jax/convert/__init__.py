@@ -18,25 +18,35 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+import inspect
+from typing import Any, Callable, Dict, Optional
 
 from swin_jax.convert.resize import torch_bicubic_resize, torch_resize
+from swin_jax.convert.swin import (adapt_swin_param, convert_swin,
+                                   resize_relative_position_bias_table)
 from swin_jax.convert.torch_io import read_state_dict
 from swin_jax.convert.vit import convert_timm_vit, load_vit_npz, resample_pos_embed
 
 __all__ = ['load_torch_checkpoint', 'load_vit_npz', 'resample_pos_embed', 'read_state_dict',
-           'torch_bicubic_resize', 'torch_resize', 'CONVERTERS', 'adapt_param']
+           'resize_relative_position_bias_table', 'torch_bicubic_resize', 'torch_resize',
+           'CONVERTERS', 'adapt_param']
 
-# family -> fn(state_dict, model, *, name, drop_head) -> params. Swin / Shunted / DETR
-# converters register here as they are added.
+# family -> fn(state_dict, model, *, name, drop_head[, head_class_map]) -> params. Shunted /
+# DETR converters register here as they are added.
 CONVERTERS: Dict[str, Callable[..., Dict[str, Any]]] = {
     'vit': convert_timm_vit,
+    'swin': convert_swin,
 }
 
 
 def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
+                          head_class_map: Optional[Any] = None,
                           **model_overrides) -> Dict[str, Any]:
-  """Converts a PyTorch checkpoint (timm's layout) into variables for ``create_model(name)``.
+  """Converts a PyTorch checkpoint into variables for ``create_model(name)``.
+
+  ViT: timm's layout. Swin: the microsoft/Swin-Transformer release or timm's layout (told
+  apart by the keys); a bias table of another window size is resized as the official
+  fine-tuning code does (``swin_jax.convert.swin``).
 
   Args:
     name: a registered model name (``swin_jax.models.list_models()``).
@@ -47,6 +57,9 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
       checkpoint's head. The result then lacks ``params['head']``: merge it into your own
       initialised params (``{**init_params, **loaded['params']}``) to fine-tune on a
       different number of classes.
+    head_class_map: (Swin) checkpoint class indices, one per model class, as a sequence or a
+      text file with one index per line (the official ``data/map22kto1k.txt``): the head
+      keeps those rows, e.g. ImageNet-22K weights into a 1000-class model.
     **model_overrides: passed to ``create_model`` (``num_classes``, ``img_size``, ...).
       A position embedding for another image size is resampled to the model's grid.
 
@@ -66,9 +79,15 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
   if family not in CONVERTERS:
     raise NotImplementedError(f'no checkpoint converter for {family!r} models ({name!r}) yet; '
                               f'available: {sorted(CONVERTERS)}')
+  convert = CONVERTERS[family]
+  options = {}
+  if head_class_map is not None:
+    if 'head_class_map' not in inspect.signature(convert).parameters:
+      raise ValueError(f'head_class_map= is not supported for {family!r} models ({name!r})')
+    options['head_class_map'] = head_class_map
   model = create_model(name, **model_overrides)
   state_dict = read_state_dict(source)
-  params = CONVERTERS[family](state_dict, model, name=name, drop_head=drop_head)
+  params = convert(state_dict, model, name=name, drop_head=drop_head, **options)
   return {'params': params}
 
 
@@ -82,6 +101,7 @@ def _adapt_vit(model, path: str, value, shape):
 # family -> fn(model, path, value, target_shape) -> adapted array or None (cannot adapt).
 ADAPTERS: Dict[str, Callable[..., Any]] = {
     'vit': _adapt_vit,
+    'swin': adapt_swin_param,
 }
 
 
@@ -89,8 +109,10 @@ def adapt_param(name: str, model, path: str, value, shape):
   """Fits a checkpoint leaf to another shape where the model family knows how.
 
   Used when fine-tuning from a run at another resolution (``config.init_from``): a ViT's
-  ``pos_embed`` is resampled to the model's grid (class token kept). Returns None when the
-  leaf cannot be adapted (e.g. a head with another number of classes).
+  ``pos_embed`` is resampled to the model's grid (class token kept), a Swin
+  ``relative_position_bias_table`` to the model's window (bicubic, as the official
+  fine-tuning code). Returns None when the leaf cannot be adapted (e.g. a head with another
+  number of classes).
   """
   from swin_jax.models import model_family  # pylint: disable=g-import-not-at-top
   fn = ADAPTERS.get(model_family(name))
