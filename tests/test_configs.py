@@ -13,8 +13,10 @@ CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'
 def _variants(path):
   if path.endswith('deit_i1k.py'):
     return ['Ti/16', 'S/16', 'B/16']
-  if path.endswith('vit_digits.py'):
+  if path.endswith('vit_digits.py') or path.endswith('swin_digits.py'):
     return [None, 'quick']
+  if path.endswith('swin_i1k.py'):
+    return ['T', 'S', 'B', 'B-384-ft', 'B-22k-ft', 'B-384-22k-ft', 'L-22k-ft', 'L-384-22k-ft']
   return [None]
 
 

@@ -220,10 +220,14 @@ class PatchEmbed(nn.Module):
 
 
 class BasicLayer(nn.Module):
-  """One stage: `depth` blocks alternating plain / shifted windows, then PatchMerging."""
+  """One stage: `depth` blocks alternating plain / shifted windows, then PatchMerging.
+
+  window_size / shift_size are this stage's, fixed at construction (see stage_windows).
+  """
   depth: int
   num_heads: int
   window_size: int
+  shift_size: int
   mlp_ratio: float
   qkv_bias: bool
   drop: float
@@ -236,7 +240,7 @@ class BasicLayer(nn.Module):
   @nn.compact
   def __call__(self, x, valid, deterministic: bool = True):
     """Returns (stage output before merging, merged map or None, merged validity)."""
-    ws, shift = stage_window(x.shape[1], x.shape[2], self.window_size)
+    ws, shift = self.window_size, self.shift_size
     for j in range(self.depth):
       x = SwinBlock(self.num_heads, ws, shift if j % 2 else 0, self.mlp_ratio, self.qkv_bias,
                     self.drop, self.attn_drop, float(self.drop_path[j]), self.norm_eps,
@@ -253,14 +257,36 @@ class BasicLayer(nn.Module):
 
 def stage_window(h: int, w: int, window_size: int) -> Tuple[int, int]:
   """(window, shift) for a stage map h x w: the official rule, no shift and window = the map
-  when the map is not larger than the window."""
+  when the map is not larger than the window (also when a user forces a larger window)."""
   if min(h, w) <= window_size:
     return min(h, w), 0
   return window_size, window_size // 2
 
 
+def stage_windows(img_size, patch_size: int, window_size: int, num_stages: int):
+  """[(window, shift)] per stage, from the configured img_size (as the official classifier).
+
+  Fixed at construction so the relative-position tables keep their shapes: any other input
+  size is padded to these windows, never given a smaller window.
+  """
+  h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+  h, w = -(-h // patch_size), -(-w // patch_size)
+  out = []
+  for _ in range(num_stages):
+    out.append(stage_window(h, w, window_size))
+    h, w = -(-h // 2), -(-w // 2)
+  return out
+
+
 class SwinTransformer(nn.Module):
-  """Swin classifier / backbone. Fields are the hyper-parameters; nothing is hidden."""
+  """Swin classifier / backbone. Fields are the hyper-parameters; nothing is hidden.
+
+  Each stage's window and shift are fixed from ``img_size`` (``stage_windows``): the official
+  rule gives a stage whose map at ``img_size`` is not larger than ``window_size`` one window
+  of the map's size and no shift (Swin-T at 224: stage 4 is one 7x7 window); a window_size a
+  user forces above the first stage's map is shrunk the same way. Inputs of any other size
+  are padded to these windows, so the parameters never change shape with the input.
+  """
   img_size: Any = 224
   patch_size: int = 4
   in_chans: int = 3
@@ -306,11 +332,12 @@ class SwinTransformer(nn.Module):
 
     dpr = np.linspace(0.0, self.drop_path_rate, int(sum(self.depths)))
     starts = np.cumsum([0] + list(self.depths))
+    windows = stage_windows(self.img_size, p, self.window_size, len(self.depths))
     features = []
     n = len(self.depths)
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
       out, merged, valid_next = BasicLayer(
-          depth, heads, self.window_size, self.mlp_ratio, self.qkv_bias, self.drop_rate,
+          depth, heads, windows[i][0], windows[i][1], self.mlp_ratio, self.qkv_bias, self.drop_rate,
           self.attn_drop_rate, tuple(dpr[starts[i]:starts[i + 1]]), i < n - 1, self.norm_eps,
           self.dtype, name=f'layers_{i}')(x, valid, deterministic)
       if return_features:
