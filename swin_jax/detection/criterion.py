@@ -1,0 +1,310 @@
+"""DETR's set criterion (Hungarian matching + set losses) in pure JAX.
+
+Follows facebookresearch/detr ``models/matcher.py`` (``HungarianMatcher``) and
+``models/detr.py`` (``SetCriterion`` with losses ``labels``, ``boxes``,
+``cardinality``) formula for formula, for targets padded to a fixed maximum so
+that everything has static shapes and runs under ``jax.jit``.
+
+Inputs:
+
+* ``outputs``: dict with ``pred_logits [B, Q, C + 1]`` (the no-object class is
+  the last one), ``pred_boxes [B, Q, 4]`` (cx, cy, w, h in [0, 1]) and
+  optionally ``aux_outputs``, a list of dicts of the same two entries (one per
+  intermediate decoder layer).
+* ``targets``: dict with ``labels [B, T]`` int, ``boxes [B, T, 4]`` (cx, cy, w,
+  h, normalised) and ``valid [B, T]`` bool (True for real boxes; all True if
+  absent). Padding entries may hold anything: they are never matched to a
+  prediction in place of a real target and never enter a loss.
+
+Matching cost (``matching_cost``), per image, prediction i and target j:
+``cost_class * (-softmax(logits_i)[label_j]) + cost_bbox * |box_i - box_j|_1 +
+cost_giou * (-GIoU(xyxy(box_i), xyxy(box_j)))``. The matcher is chosen by name
+(``swin_jax.detection.matchers``): 'hungarian' uses the exact pure-JAX
+``hungarian_matcher_padded``; 'greedy' and 'scipy' get a prohibitive constant
+cost on the padding targets instead.
+
+Losses (per decoder layer, matched separately for each layer, as DETR):
+
+* ``loss_ce``: cross-entropy of every query, matched queries against their
+  target's class, the others against no-object, weighted by class (weight
+  ``eos_coef`` for no-object, 1 otherwise): ``sum(w_i ce_i) / sum(w_i)``
+  (``F.cross_entropy(..., weight=empty_weight)``).
+* ``loss_bbox``: L1 of the matched (cx, cy, w, h) pairs, summed / num_boxes.
+* ``loss_giou``: ``1 - GIoU`` of the matched pairs, summed / num_boxes.
+
+``num_boxes`` is the number of real target boxes of the whole (global) batch,
+clamped to at least 1. DETR averages the per-device count over devices and
+normalises per-device sums by it, which, with the gradient averaging of data
+parallelism, is the global sum over the global count: with ``jit`` on global
+arrays the global count is what to use. An image without boxes trains only on
+no-object (its box losses are 0).
+
+Logged metrics (no gradients): ``class_error`` (100 - top-1 accuracy in % of
+the matched queries of the last layer; 100 when there is no target, as DETR's
+``accuracy``) and ``cardinality_error`` (mean over images of |number of queries
+whose argmax is not no-object - number of targets|), for every layer.
+
+Keys as DETR: ``loss_ce``, ``loss_bbox``, ``loss_giou``, ``class_error``,
+``cardinality_error`` for the last layer, and ``loss_ce_i``, ``loss_bbox_i``,
+``loss_giou_i``, ``cardinality_error_i`` for ``aux_outputs[i]``. The total loss
+is ``sum(weights[k] * loss_k)`` over the three losses of every layer (DETR's
+``weight_dict`` with ``bbox_loss_coef=5``, ``giou_loss_coef=2``).
+
+Box losses use ``elementwise_generalized_box_iou`` (denominators clamped by a
+tiny eps): identical to DETR for non-degenerate boxes, finite otherwise.
+"""
+import jax
+import jax.numpy as jnp
+
+from swin_jax.detection.boxes import (box_cxcywh_to_xyxy,
+                                      elementwise_generalized_box_iou,
+                                      generalized_box_iou)
+from swin_jax.detection.matchers import get_matcher, hungarian_matcher_padded
+
+__all__ = ['SetCriterion', 'matching_cost', 'match', 'num_target_boxes',
+           'layer_losses', 'DEFAULT_WEIGHTS', 'DEFAULT_COST_WEIGHTS']
+
+DEFAULT_WEIGHTS = dict(ce=1.0, bbox=5.0, giou=2.0)
+DEFAULT_COST_WEIGHTS = dict(class_=1.0, bbox=5.0, giou=2.0)
+
+# A harmless box put in place of padding targets (keeps GIoU well defined).
+_DUMMY_BOX = (0.5, 0.5, 1.0, 1.0)
+
+
+def _float(x):
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _targets(targets):
+  """(labels [B, T] int32, boxes [B, T, 4] float, valid [B, T] bool), cleaned.
+
+  Padding labels become 0 and padding boxes a dummy valid box, so no junk
+  (out-of-range labels, degenerate boxes) reaches any computation.
+  """
+  labels = jnp.asarray(targets['labels'], jnp.int32)
+  boxes = _float(targets['boxes'])
+  valid = targets.get('valid')
+  valid = (jnp.ones(labels.shape, bool) if valid is None
+           else jnp.asarray(valid, bool))
+  labels = jnp.where(valid, labels, 0)
+  boxes = jnp.where(valid[..., None], boxes,
+                    jnp.asarray(_DUMMY_BOX, boxes.dtype))
+  return labels, boxes, valid
+
+
+def num_target_boxes(targets):
+  """Number of real target boxes in the batch, as float32, clamped to >= 1."""
+  _, _, valid = _targets(targets)
+  return jnp.maximum(jnp.sum(valid).astype(jnp.float32), 1.0)
+
+
+def matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes,
+                  cost_class=1.0, cost_bbox=5.0, cost_giou=2.0):
+  """DETR's matching cost matrix (``HungarianMatcher``), batched.
+
+  Args:
+    pred_logits: [B, Q, C + 1] class logits.
+    pred_boxes: [B, Q, 4] (cx, cy, w, h) predicted boxes.
+    tgt_labels: [B, T] int target classes in [0, C].
+    tgt_boxes: [B, T, 4] (cx, cy, w, h) target boxes.
+    cost_class, cost_bbox, cost_giou: weights of the three terms.
+
+  Returns:
+    [B, Q, T] cost (lower is better).
+  """
+  prob = jax.nn.softmax(_float(pred_logits), axis=-1)  # [B, Q, C+1]
+  idx = jnp.broadcast_to(tgt_labels[:, None, :],
+                         prob.shape[:2] + tgt_labels.shape[1:])
+  c_class = -jnp.take_along_axis(prob, idx, axis=-1)  # [B, Q, T]
+  pred_boxes = _float(pred_boxes)
+  c_bbox = jnp.sum(jnp.abs(pred_boxes[:, :, None, :] - tgt_boxes[:, None, :, :]),
+                   axis=-1)  # [B, Q, T] (torch.cdist p=1)
+  c_giou = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes),
+                                box_cxcywh_to_xyxy(tgt_boxes))  # [B, Q, T]
+  return cost_bbox * c_bbox + cost_class * c_class + cost_giou * c_giou
+
+
+def match(cost, valid, matcher='hungarian'):
+  """Matches predictions to the real targets of a padded batch.
+
+  Args:
+    cost: [B, Q, T] matching cost (gradients are stopped).
+    valid: [B, T] bool, True for real targets.
+    matcher: 'hungarian' (exact, pure JAX, padding-aware), 'greedy' or 'scipy'
+      (see ``swin_jax.detection.matchers``), or a callable ``cost [B, N, M] ->
+      (pred_idx, tgt_idx)``.
+
+  Returns:
+    (pred_idx, tgt_idx, pair_valid): [B, K] int32, int32, bool with
+    K = min(Q, T); pair k of image b is (query pred_idx[b, k], target
+    tgt_idx[b, k]) and counts only where pair_valid[b, k].
+  """
+  cost = jax.lax.stop_gradient(_float(cost))
+  valid = jnp.asarray(valid, bool)
+  if matcher == 'hungarian':
+    return hungarian_matcher_padded(cost, valid)
+  fn = get_matcher(matcher) if isinstance(matcher, str) else matcher
+  # Padding targets get one constant cost per image, above every real cost by
+  # more than the spread of the real costs: a padding target never takes a
+  # query while a real target is unmatched, and (a constant per image) the
+  # optimum among the real targets is unchanged.
+  real = valid[:, None, :]
+  big = jnp.max(jnp.where(real, jnp.abs(cost), 0.0), axis=(1, 2), keepdims=True)
+  cost = jnp.where(real, cost, 2.0 * big + 1.0)
+  pred_idx, tgt_idx = fn(cost)
+  return pred_idx, tgt_idx, jnp.take_along_axis(valid, tgt_idx, axis=1)
+
+
+def layer_losses(pred_logits, pred_boxes, tgt_labels, tgt_boxes, valid,
+                 indices, num_boxes, eos_coef=0.1, log=True):
+  """DETR's losses of one decoder layer for a given matching.
+
+  Args:
+    pred_logits: [B, Q, C + 1] class logits (no-object last).
+    pred_boxes: [B, Q, 4] (cx, cy, w, h) predicted boxes.
+    tgt_labels: [B, T] int32 target classes in [0, C) (padding: any valid id).
+    tgt_boxes: [B, T, 4] (cx, cy, w, h) target boxes (padding: a valid box).
+    valid: [B, T] bool, True for real targets.
+    indices: (pred_idx, tgt_idx, pair_valid), [B, K] each, from ``match``.
+    num_boxes: scalar normaliser of the box losses (>= 1).
+    eos_coef: class weight of no-object in the cross-entropy.
+    log: also return ``class_error``.
+
+  Returns:
+    dict of scalars: loss_ce, loss_bbox, loss_giou, cardinality_error and,
+    with ``log``, class_error.
+  """
+  pred_logits = _float(pred_logits)
+  pred_boxes = _float(pred_boxes)
+  pred_idx, tgt_idx, pair_valid = indices
+  b, q, c1 = pred_logits.shape
+  num_classes = c1 - 1
+
+  # ---- labels: weighted cross-entropy over all queries.
+  matched_labels = jnp.take_along_axis(tgt_labels, tgt_idx, axis=1)  # [B, K]
+  rows = jnp.arange(b)[:, None]
+  # pred_idx are distinct within an image, so every query is written once.
+  target_classes = jnp.full((b, q), num_classes, jnp.int32).at[
+      rows, pred_idx].set(jnp.where(pair_valid, matched_labels, num_classes))
+  logp = jax.nn.log_softmax(pred_logits, axis=-1)
+  ce = -jnp.take_along_axis(logp, target_classes[..., None], axis=-1)[..., 0]
+  w = jnp.where(target_classes == num_classes, eos_coef, 1.0).astype(ce.dtype)
+  losses = {'loss_ce': jnp.sum(w * ce) / jnp.sum(w)}
+
+  if log:  # DETR's accuracy(): top-1 of the matched queries, 0 if none.
+    src_logits = jnp.take_along_axis(pred_logits, pred_idx[..., None], axis=1)
+    correct = (jnp.argmax(src_logits, axis=-1) == matched_labels) & pair_valid
+    n = jnp.sum(pair_valid)
+    acc = jnp.where(n > 0, 100.0 * jnp.sum(correct) / jnp.maximum(n, 1), 0.0)
+    losses['class_error'] = jax.lax.stop_gradient(100.0 - acc)
+
+  # ---- boxes: L1 and GIoU of the matched pairs.
+  src = jnp.take_along_axis(pred_boxes, pred_idx[..., None], axis=1)  # [B,K,4]
+  tgt = jnp.take_along_axis(tgt_boxes, tgt_idx[..., None], axis=1)  # [B,K,4]
+  l1 = jnp.sum(jnp.abs(src - tgt), axis=-1)  # [B, K]
+  giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(src),
+                                         box_cxcywh_to_xyxy(tgt))  # [B, K]
+  losses['loss_bbox'] = jnp.sum(jnp.where(pair_valid, l1, 0.0)) / num_boxes
+  losses['loss_giou'] = jnp.sum(jnp.where(pair_valid, 1.0 - giou, 0.0)) / num_boxes
+
+  # ---- cardinality (logging only).
+  card_pred = jnp.sum(jnp.argmax(pred_logits, axis=-1) != num_classes, axis=1)
+  card_tgt = jnp.sum(valid, axis=1)
+  losses['cardinality_error'] = jax.lax.stop_gradient(
+      jnp.mean(jnp.abs(card_pred - card_tgt).astype(jnp.float32)))
+  return losses
+
+
+class SetCriterion:
+  """DETR's set criterion: per-layer Hungarian matching + weighted set losses.
+
+  Jit-able: ``jax.jit(criterion)`` or call it inside a jitted train step (the
+  settings are static Python values).
+
+  Args:
+    num_classes: number of object classes C (logits have C + 1 entries).
+    matcher: 'hungarian' | 'greedy' | 'scipy', or a matcher callable.
+    eos_coef: cross-entropy weight of the no-object class.
+    weights: loss weights, keys ce, bbox, giou (DETR: 1, 5, 2).
+    cost_weights: matching cost weights, keys class_, bbox, giou (DETR: 1, 5,
+      2).
+    aux_loss: also apply the losses to ``outputs['aux_outputs']``.
+  """
+
+  def __init__(self, num_classes, matcher='hungarian', eos_coef=0.1,
+               weights=None, cost_weights=None, aux_loss=True):
+    self.num_classes = num_classes
+    self.matcher = matcher
+    self.eos_coef = eos_coef
+    self.weights = dict(DEFAULT_WEIGHTS, **(weights or {}))
+    self.cost_weights = dict(DEFAULT_COST_WEIGHTS, **(cost_weights or {}))
+    self.aux_loss = aux_loss
+
+  @property
+  def weight_dict(self):
+    """Weights by loss name (last layer; aux keys add the suffix ``_i``)."""
+    return {'loss_ce': self.weights['ce'], 'loss_bbox': self.weights['bbox'],
+            'loss_giou': self.weights['giou']}
+
+  def match(self, outputs, targets):
+    """Matching of one layer's outputs: (pred_idx, tgt_idx, pair_valid) [B, K]."""
+    labels, boxes, valid = _targets(targets)
+    cw = self.cost_weights
+    cost = matching_cost(outputs['pred_logits'], outputs['pred_boxes'], labels,
+                         boxes, cw['class_'], cw['bbox'], cw['giou'])
+    return match(cost, valid, self.matcher)
+
+  def __call__(self, outputs, targets, num_boxes=None):
+    """Total loss and metrics.
+
+    Args:
+      outputs: dict with pred_logits [B, Q, C + 1], pred_boxes [B, Q, 4] and
+        optionally aux_outputs (list of such dicts).
+      targets: dict with labels [B, T], boxes [B, T, 4], valid [B, T].
+      num_boxes: optional normaliser of the box losses (e.g. a global count);
+        default: the number of valid targets in ``targets``, clamped >= 1.
+
+    Returns:
+      (total_loss scalar, metrics dict of scalars): the DETR loss dict
+      (loss_ce, loss_bbox, loss_giou, class_error, cardinality_error and the
+      ``_i`` suffixed aux entries) plus ``loss`` (the total).
+    """
+    if self.num_classes != outputs['pred_logits'].shape[-1] - 1:
+      raise ValueError(
+          f'pred_logits has {outputs["pred_logits"].shape[-1]} classes, '
+          f'expected num_classes + 1 = {self.num_classes + 1}.')
+    labels, boxes, valid = _targets(targets)
+    if num_boxes is None:
+      num_boxes = num_target_boxes(targets)
+    num_boxes = jnp.maximum(jnp.asarray(num_boxes, jnp.float32), 1.0)
+
+    layers = [('', outputs, True)]
+    if self.aux_loss:
+      layers += [(f'_{i}', aux, False)
+                 for i, aux in enumerate(outputs.get('aux_outputs') or [])]
+    # All layers are matched in one batched matcher call ([L * B, Q, T]): one
+    # assignment loop instead of L (faster to compile and to run).
+    cw = self.cost_weights
+    costs = [matching_cost(out['pred_logits'], out['pred_boxes'], labels, boxes,
+                           cw['class_'], cw['bbox'], cw['giou'])
+             for _, out, _ in layers]
+    if len({c.shape for c in costs}) == 1:
+      b = costs[0].shape[0]
+      all_idx = match(jnp.concatenate(costs, 0),
+                      jnp.tile(valid, (len(costs), 1)), self.matcher)
+      per_layer = [tuple(x[i * b:(i + 1) * b] for x in all_idx)
+                   for i in range(len(costs))]
+    else:  # e.g. aux layers with a different number of queries
+      per_layer = [match(c, valid, self.matcher) for c in costs]
+
+    metrics = {}
+    total = jnp.zeros((), jnp.float32)
+    for (suffix, out, log), indices in zip(layers, per_layer):
+      losses = layer_losses(out['pred_logits'], out['pred_boxes'], labels, boxes,
+                            valid, indices, num_boxes, self.eos_coef, log=log)
+      for k, wt in self.weight_dict.items():
+        total = total + wt * losses[k]
+      metrics.update({k + suffix: v for k, v in losses.items()})
+    metrics['loss'] = total
+    return total, metrics
