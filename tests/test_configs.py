@@ -17,6 +17,10 @@ def _variants(path):
     return [None, 'quick']
   if path.endswith('swin_i1k.py'):
     return ['T', 'S', 'B', 'B-384-ft', 'B-22k-ft', 'B-384-22k-ft', 'L-22k-ft', 'L-384-22k-ft']
+  if path.endswith('shunted_i1k.py'):
+    return ['T', 'S', 'B']
+  if path.endswith('shunted_digits.py'):
+    return [None, 'quick']
   return [None]
 
 

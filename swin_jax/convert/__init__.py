@@ -21,7 +21,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Optional
 
+from swin_jax.convert.detr import convert_detr
 from swin_jax.convert.resize import torch_bicubic_resize, torch_resize
+from swin_jax.convert.shunted import convert_shunted
 from swin_jax.convert.swin import (adapt_swin_param, convert_swin,
                                    resize_relative_position_bias_table)
 from swin_jax.convert.torch_io import read_state_dict
@@ -36,6 +38,8 @@ __all__ = ['load_torch_checkpoint', 'load_vit_npz', 'resample_pos_embed', 'read_
 CONVERTERS: Dict[str, Callable[..., Dict[str, Any]]] = {
     'vit': convert_timm_vit,
     'swin': convert_swin,
+    'shunted': convert_shunted,  # returns {'params', 'batch_stats'} (returns_variables)
+    'detr': convert_detr,  # returns {'params', 'frozen'} (returns_variables)
 }
 
 
@@ -88,6 +92,8 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
   model = create_model(name, **model_overrides)
   state_dict = read_state_dict(source)
   params = convert(state_dict, model, name=name, drop_head=drop_head, **options)
+  if getattr(convert, 'returns_variables', False):  # Shunted: params and BN batch_stats
+    return params
   return {'params': params}
 
 

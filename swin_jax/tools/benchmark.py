@@ -125,8 +125,12 @@ def benchmark(name: str, batch: int, img_size=None, steps: int = 10,
     rng = jax.random.fold_in(dropout_key, state['step'])
 
     def loss_fn(p):
-      logits = model.apply({'params': p, **rest}, *args, **kwargs, train=True,
-                           rngs={'dropout': rng})
+      if rest:  # BatchNorm models: batch statistics in training (updates not kept here)
+        logits = model.apply({'params': p, **rest}, *args, **kwargs, train=True,
+                             rngs={'dropout': rng}, mutable=list(rest))[0]
+      else:
+        logits = model.apply({'params': p, **rest}, *args, **kwargs, train=True,
+                             rngs={'dropout': rng})
       return optax.softmax_cross_entropy_with_integer_labels(
           logits.astype(jnp.float32), labels).mean()
     loss, grads = jax.value_and_grad(loss_fn)(state['params'])

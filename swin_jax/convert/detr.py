@@ -1,0 +1,108 @@
+"""facebookresearch/detr state_dicts -> DETR variables ``{'params', 'frozen'}``.
+
+The model's names follow the official keys (``swin_jax.models.detr``), so the mapping is
+mechanical: a numeric key part joins the previous one with ``_`` (``layers.0`` ->
+``layers_0``, ``backbone.0`` -> ``backbone_0``); torch Linear ``weight`` [out, in] -> flax
+``kernel`` [in, out]; Conv2d ``weight`` OIHW -> HWIO; LayerNorm ``weight`` -> ``scale``;
+Embedding ``weight`` -> ``embedding``; MultiheadAttention ``in_proj_weight`` [3d, d] /
+``in_proj_bias`` -> ``in_proj/{kernel [d, 3d], bias}``. The ResNet's FrozenBatchNorm buffers
+(``weight``, ``bias``, ``running_mean``, ``running_var``) go to the ``'frozen'`` collection;
+``num_batches_tracked`` is dropped (the official ``_load_from_state_dict`` drops it too).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+_FROZEN_LEAVES = ('weight', 'bias', 'running_mean', 'running_var')
+
+
+def _module_path(key: str) -> Tuple[Tuple[str, ...], str]:
+  """'transformer.decoder.layers.3.norm1.weight' -> (('transformer', 'decoder', 'layers_3',
+  'norm1'), 'weight')."""
+  parts: List[str] = []
+  for p in key.split('.')[:-1]:
+    if p.isdigit() and parts:
+      parts[-1] = f'{parts[-1]}_{p}'
+    else:
+      parts.append(p)
+  return tuple(parts), key.split('.')[-1]
+
+
+def _to_numpy(v) -> np.ndarray:
+  if hasattr(v, 'detach'):  # torch tensor
+    v = v.detach().cpu().float().numpy()
+  return np.asarray(v, np.float32)
+
+
+def convert_detr(state_dict: Dict[str, Any], model, *, name: str = 'detr',
+                 drop_head: bool = False) -> Dict[str, Any]:
+  """Returns ``{'params': ..., 'frozen': ...}`` (numpy float32) for ``model`` (a DETR).
+
+  drop_head: skip ``class_embed`` (fine-tuning on another number of classes): merge the
+  result into freshly initialised params.
+
+  Raises ValueError naming missing / unexpected keys or a shape mismatch (with the
+  ``num_classes`` / ``num_queries`` the checkpoint would need).
+  """
+  if not str(model.backbone).startswith('resnet'):
+    raise NotImplementedError(f'{name}: converting DETR checkpoints with backbone='
+                              f'{model.backbone!r} is not supported (ResNet only)')
+  abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))),
+                            jax.random.key(0))
+  targets = {col: traverse_util.flatten_dict(
+      jax.tree.map(lambda x: tuple(x.shape), abstract[col],
+                   is_leaf=lambda x: hasattr(x, 'shape'))) for col in ('params', 'frozen')}
+  out: Dict[str, Dict[Tuple[str, ...], np.ndarray]] = {'params': {}, 'frozen': {}}
+  unexpected = []
+  for key, value in state_dict.items():
+    mod, leaf = _module_path(key)
+    if leaf == 'num_batches_tracked':
+      continue
+    if drop_head and mod[:1] == ('class_embed',):
+      continue
+    v = _to_numpy(value)
+    if leaf in _FROZEN_LEAVES and mod + (leaf,) in targets['frozen']:
+      col, path = 'frozen', mod + (leaf,)
+    elif leaf in ('in_proj_weight', 'in_proj_bias'):
+      col, path = 'params', mod + ('in_proj', 'kernel' if leaf == 'in_proj_weight' else 'bias')
+      v = v.T if v.ndim == 2 else v
+    elif leaf == 'bias':
+      col, path = 'params', mod + ('bias',)
+    elif leaf == 'weight':
+      col = 'params'
+      path = next((mod + (k,) for k in ('kernel', 'scale', 'embedding')
+                   if mod + (k,) in targets['params']), mod + ('kernel',))
+      if path[-1] == 'kernel':
+        v = v.transpose(2, 3, 1, 0) if v.ndim == 4 else v.T
+    else:
+      unexpected.append(key)
+      continue
+    if path not in targets[col]:
+      unexpected.append(key)
+      continue
+    if tuple(v.shape) != targets[col][path]:
+      hint = ''
+      if mod[:1] == ('class_embed',):
+        hint = (f' (the checkpoint has num_classes={v.shape[-1] - 1}: pass num_classes= or '
+                f'drop_head=True)')
+      elif mod[:1] == ('query_embed',):
+        hint = f' (the checkpoint has num_queries={v.shape[0]})'
+      raise ValueError(f'{name}: {key} has shape {tuple(value.shape)}, the model wants '
+                       f'{"/".join(path)} {targets[col][path]}{hint}')
+    out[col][path] = v
+  missing = [('/'.join(p)) for col in out for p in targets[col]
+             if p not in out[col] and not (drop_head and p[0] == 'class_embed')]
+  if unexpected or missing:
+    raise ValueError(f'{name}: checkpoint does not fit the model: unexpected keys '
+                     f'{unexpected[:5]}, missing {missing[:5]} ({len(unexpected)} / '
+                     f'{len(missing)} in all). A DC5 / R101 / other model name, or '
+                     f'backbone_depths=, enc_layers=, dec_layers= may fit it.')
+  return {col: traverse_util.unflatten_dict(out[col]) for col in out}
+
+
+convert_detr.returns_variables = True

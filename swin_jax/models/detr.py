@@ -1,0 +1,416 @@
+"""DETR (Carion et al., ECCV 2020), exact to facebookresearch/detr.
+
+The reference is the official ``models/{detr, backbone, position_encoding, transformer}.py``.
+Parameter names follow its state_dict with flax's ``_`` for list indices, so conversion is a
+short mapping (``swin_jax.convert.detr``):
+
+* ``backbone_0/body``: the ResNet (``swin_jax.models.resnet``; frozen BN vectors in the
+  ``'frozen'`` collection), or a Swin (``backbone='swin_tiny_patch4_window7_224'``: its last
+  stage map, with the padding mask handed to it).
+* ``input_proj``: 1x1 conv to ``hidden_dim``; ``query_embed/embedding`` [Q, d].
+* ``transformer/encoder/layers_{i}/{self_attn/{in_proj, out_proj}, linear1, linear2, norm1,
+  norm2}`` (``in_proj`` is torch's fused ``in_proj_weight`` [3d, d] as one Dense d -> 3d);
+  ``transformer/encoder/norm`` only with ``pre_norm``.
+* ``transformer/decoder/layers_{i}/{self_attn, multihead_attn, linear1, linear2, norm1,
+  norm2, norm3}``, ``transformer/decoder/norm``.
+* ``class_embed`` (num_classes + 1, "no object" last), ``bbox_embed/layers_{0,1,2}``.
+
+``model.apply(variables, images, mask=mask, train=False)`` with images NHWC [B, H, W, 3]
+(normalised) and mask bool [B, H, W] (True = padded pixel; None = no padding) returns
+``{'pred_logits': [B, Q, num_classes + 1], 'pred_boxes': [B, Q, 4] (cx, cy, w, h in [0, 1]),
+'aux_outputs': [{'pred_logits', 'pred_boxes'}] * (dec_layers - 1)}`` (aux only with
+``aux_loss``). ``train=True`` turns dropout on (rng 'dropout').
+
+Trainable leaves: as the official code, the ResNet stem and ``layer1`` get no gradient
+(stop_gradient after layer1) and ``trainable_mask(params)`` marks them False for the
+optimizer; the frozen BN vectors are not in ``'params'`` at all. DETR-R50 with 91 classes:
+41,524,768 params, 41,302,368 trainable (the numbers ``main.py`` prints).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from swin_jax.models import layers
+from swin_jax.models.registry import register_model
+from swin_jax.models.resnet import RESNET_DEPTHS, ResNetBody
+
+Dtype = Any
+
+# Transformer._reset_parameters: xavier_uniform_ on every matrix; torch MHA zero biases.
+xavier = nn.initializers.xavier_uniform()
+
+
+def interpolate_mask(mask, size) -> jax.Array:
+  """``F.interpolate(mask[None].float(), size).bool()[0]``: torch's 'nearest' resize.
+
+  mask: bool [B, H, W]; size: (h, w). Source index = floor(dst * (in / out)) computed in
+  float32 as torch does, clipped to in - 1. Returns bool [B, h, w].
+  """
+  def index(n_in, n_out):
+    scale = np.float32(n_in) / np.float32(n_out)
+    idx = np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(idx, n_in - 1)
+  H, W = mask.shape[1:]
+  return mask[:, index(H, size[0])][:, :, index(W, size[1])]
+
+
+def sine_position_encoding(mask, num_pos_feats: int = 128, temperature: float = 10000.0,
+                           normalize: bool = True, scale: float = 2 * math.pi) -> jax.Array:
+  """PositionEmbeddingSine: mask bool [B, h, w] (True = pad) -> [B, h, w, 2 * num_pos_feats].
+
+  Channels are (pos_y, pos_x), each interleaved sin/cos as ``stack(...).flatten``.
+  """
+  not_mask = (~mask).astype(jnp.float32)
+  y_embed = jnp.cumsum(not_mask, axis=1)
+  x_embed = jnp.cumsum(not_mask, axis=2)
+  if normalize:
+    eps = 1e-6
+    y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
+    x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+  dim_t = np.arange(num_pos_feats, dtype=np.float32)
+  dim_t = jnp.asarray(temperature ** (2 * (dim_t // 2) / num_pos_feats), jnp.float32)
+  pos_x = x_embed[..., None] / dim_t  # [B, h, w, F]
+  pos_y = y_embed[..., None] / dim_t
+  B, h, w = mask.shape
+
+  def interleave(p):  # [..., F] -> (sin p0, cos p1, sin p2, cos p3, ...)
+    return jnp.stack((jnp.sin(p[..., 0::2]), jnp.cos(p[..., 1::2])), axis=4).reshape(
+        B, h, w, num_pos_feats)
+  return jnp.concatenate((interleave(pos_y), interleave(pos_x)), axis=3)
+
+
+class MultiheadAttention(nn.Module):
+  """torch ``nn.MultiheadAttention`` (batch-first here): fused in_proj, out_proj.
+
+  query [B, Lq, d], key/value [B, Lk, d], key_padding_mask bool [B, Lk] (True = ignore)
+  -> [B, Lq, d]. Attention dropout on the weights as torch's ``dropout=``.
+  """
+  d_model: int
+  num_heads: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query, key, value, key_padding_mask=None, deterministic: bool = True):
+    d, h = self.d_model, self.num_heads
+    hd = d // h
+    q, k, v = FusedInProj(d, self.dtype, name='in_proj')(query, key, value)
+    B, Lq, Lk = q.shape[0], q.shape[1], k.shape[1]
+    q = q.reshape(B, Lq, h, hd) * (hd ** -0.5)
+    k = k.reshape(B, Lk, h, hd)
+    v = v.reshape(B, Lk, h, hd)
+    logits = jnp.einsum('bqhc,bkhc->bhqk', q, k).astype(jnp.float32)  # [B, h, Lq, Lk]
+    if key_padding_mask is not None:
+      # torch fills -inf; a finite minimum keeps an all-padded row from turning into NaN.
+      logits = jnp.where(key_padding_mask[:, None, None, :], jnp.finfo(jnp.float32).min,
+                         logits)
+    attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    attn = nn.Dropout(self.dropout)(attn, deterministic=deterministic)
+    out = jnp.einsum('bhqk,bkhc->bqhc', attn, v).reshape(B, Lq, d)
+    return nn.Dense(d, dtype=self.dtype, kernel_init=xavier, name='out_proj')(out)
+
+
+class FusedInProj(nn.Module):
+  """torch's fused ``in_proj_weight`` [3d, d] / ``in_proj_bias`` [3d] as one Dense-like
+  kernel [d, 3d]: q, k and v are projected by its three column blocks (they may differ in
+  input: positions are added to queries and keys only)."""
+  d_model: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query, key, value):
+    d = self.d_model
+    w = self.param('kernel', _fused_kernel_init, (d, 3 * d)).astype(self.dtype)
+    b = self.param('bias', nn.initializers.zeros, (3 * d,)).astype(self.dtype)
+    return tuple(x.astype(self.dtype) @ w[:, i * d:(i + 1) * d] + b[i * d:(i + 1) * d]
+                 for i, x in enumerate((query, key, value)))
+
+
+def _fused_kernel_init(key, shape, dtype=jnp.float32):
+  # torch's MHA: xavier_uniform_ on the whole [3d, d] in_proj_weight.
+  d, d3 = shape
+  return nn.initializers.xavier_uniform()(key, (d3, d), dtype).T
+
+
+def _with_pos(x, pos):
+  return x if pos is None else x + pos.astype(x.dtype)
+
+
+class EncoderLayer(nn.Module):
+  """TransformerEncoderLayer: self-attention (positions on q, k only) + ReLU FFN."""
+  d_model: int
+  nhead: int
+  dim_feedforward: int
+  dropout: float
+  pre_norm: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, src, mask, pos, deterministic: bool):
+    """src, pos: [B, L, d]; mask: bool [B, L] (True = pad)."""
+    drop = lambda name: nn.Dropout(self.dropout, name=name)
+    attn = MultiheadAttention(self.d_model, self.nhead, self.dropout, self.dtype,
+                              name='self_attn')
+    norm1 = layers.layer_norm(1e-5, 'norm1')
+    norm2 = layers.layer_norm(1e-5, 'norm2')
+
+    def ffn(x):
+      x = nn.Dense(self.dim_feedforward, dtype=self.dtype, kernel_init=xavier, name='linear1')(x)
+      x = nn.Dropout(self.dropout, name='dropout')(nn.relu(x), deterministic=deterministic)
+      return nn.Dense(self.d_model, dtype=self.dtype, kernel_init=xavier, name='linear2')(x)
+
+    if self.pre_norm:
+      s = layers.apply_norm(norm1, src)
+      qk = _with_pos(s, pos)
+      src = src + drop('dropout1')(attn(qk, qk, s, mask, deterministic), deterministic)
+      s = layers.apply_norm(norm2, src)
+      return src + drop('dropout2')(ffn(s), deterministic)
+    qk = _with_pos(src, pos)
+    src = src + drop('dropout1')(attn(qk, qk, src, mask, deterministic), deterministic)
+    src = layers.apply_norm(norm1, src)
+    src = src + drop('dropout2')(ffn(src), deterministic)
+    return layers.apply_norm(norm2, src)
+
+
+class DecoderLayer(nn.Module):
+  """TransformerDecoderLayer: self-attn over queries, cross-attn to memory, ReLU FFN."""
+  d_model: int
+  nhead: int
+  dim_feedforward: int
+  dropout: float
+  pre_norm: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tgt, memory, memory_mask, pos, query_pos, deterministic: bool):
+    """tgt, query_pos: [B, Q, d]; memory, pos: [B, L, d]; memory_mask bool [B, L]."""
+    drop = lambda name: nn.Dropout(self.dropout, name=name)
+    self_attn = MultiheadAttention(self.d_model, self.nhead, self.dropout, self.dtype,
+                                   name='self_attn')
+    cross_attn = MultiheadAttention(self.d_model, self.nhead, self.dropout, self.dtype,
+                                    name='multihead_attn')
+    norms = [layers.layer_norm(1e-5, f'norm{i}') for i in (1, 2, 3)]
+
+    def ffn(x):
+      x = nn.Dense(self.dim_feedforward, dtype=self.dtype, kernel_init=xavier, name='linear1')(x)
+      x = nn.Dropout(self.dropout, name='dropout')(nn.relu(x), deterministic=deterministic)
+      return nn.Dense(self.d_model, dtype=self.dtype, kernel_init=xavier, name='linear2')(x)
+
+    mem_k = _with_pos(memory, pos)
+    if self.pre_norm:
+      t = layers.apply_norm(norms[0], tgt)
+      qk = _with_pos(t, query_pos)
+      tgt = tgt + drop('dropout1')(self_attn(qk, qk, t, None, deterministic), deterministic)
+      t = layers.apply_norm(norms[1], tgt)
+      tgt = tgt + drop('dropout2')(cross_attn(_with_pos(t, query_pos), mem_k, memory,
+                                              memory_mask, deterministic), deterministic)
+      t = layers.apply_norm(norms[2], tgt)
+      return tgt + drop('dropout3')(ffn(t), deterministic)
+    qk = _with_pos(tgt, query_pos)
+    tgt = tgt + drop('dropout1')(self_attn(qk, qk, tgt, None, deterministic), deterministic)
+    tgt = layers.apply_norm(norms[0], tgt)
+    tgt = tgt + drop('dropout2')(cross_attn(_with_pos(tgt, query_pos), mem_k, memory,
+                                            memory_mask, deterministic), deterministic)
+    tgt = layers.apply_norm(norms[1], tgt)
+    tgt = tgt + drop('dropout3')(ffn(tgt), deterministic)
+    return layers.apply_norm(norms[2], tgt)
+
+
+class Encoder(nn.Module):
+  num_layers: int
+  layer_kwargs: Dict[str, Any]
+  pre_norm: bool
+
+  @nn.compact
+  def __call__(self, src, mask, pos, deterministic: bool):
+    for i in range(self.num_layers):
+      src = EncoderLayer(**self.layer_kwargs, pre_norm=self.pre_norm, name=f'layers_{i}')(
+          src, mask, pos, deterministic)
+    if self.pre_norm:  # the official encoder_norm exists only with normalize_before
+      src = layers.apply_norm(layers.layer_norm(1e-5, 'norm'), src)
+    return src
+
+
+class Decoder(nn.Module):
+  num_layers: int
+  layer_kwargs: Dict[str, Any]
+  pre_norm: bool
+
+  @nn.compact
+  def __call__(self, tgt, memory, memory_mask, pos, query_pos, deterministic: bool):
+    """Returns [num_layers, B, Q, d]: the shared final norm applied to every layer's output
+    (return_intermediate=True)."""
+    norm = layers.layer_norm(1e-5, 'norm')
+    intermediate = []
+    for i in range(self.num_layers):
+      tgt = DecoderLayer(**self.layer_kwargs, pre_norm=self.pre_norm, name=f'layers_{i}')(
+          tgt, memory, memory_mask, pos, query_pos, deterministic)
+      intermediate.append(layers.apply_norm(norm, tgt))
+    return jnp.stack(intermediate)
+
+
+class Transformer(nn.Module):
+  d_model: int = 256
+  nhead: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  dim_feedforward: int = 2048
+  dropout: float = 0.1
+  pre_norm: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, src, mask, query_embed, pos, deterministic: bool):
+    """src, pos: [B, L, d]; mask bool [B, L]; query_embed [Q, d] -> hs [layers, B, Q, d]."""
+    kw = dict(d_model=self.d_model, nhead=self.nhead, dim_feedforward=self.dim_feedforward,
+              dropout=self.dropout, dtype=self.dtype)
+    B = src.shape[0]
+    query_pos = jnp.broadcast_to(query_embed[None], (B,) + query_embed.shape)
+    tgt = jnp.zeros_like(query_pos, dtype=self.dtype)
+    memory = Encoder(self.num_encoder_layers, kw, self.pre_norm, name='encoder')(
+        src.astype(self.dtype), mask, pos, deterministic)
+    return Decoder(self.num_decoder_layers, kw, self.pre_norm, name='decoder')(
+        tgt, memory, mask, pos, query_pos, deterministic)
+
+
+class MLP(nn.Module):
+  """The official bbox MLP: Linear + ReLU between, ``layers_{i}``."""
+  hidden_dim: int
+  output_dim: int
+  num_layers: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(self.num_layers):
+      last = i == self.num_layers - 1
+      x = nn.Dense(self.output_dim if last else self.hidden_dim, dtype=self.dtype,
+                   name=f'layers_{i}')(x)
+      if not last:
+        x = nn.relu(x)
+    return x
+
+
+class Backbone(nn.Module):
+  """``backbone_0``: the feature extractor, returning the last map [B, h, w, C]."""
+  backbone: str = 'resnet50'
+  dilation: bool = False
+  backbone_depths: Optional[Sequence[int]] = None
+  train_backbone: bool = True
+  backbone_kwargs: Optional[Dict[str, Any]] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask, train: bool):
+    if self.backbone.startswith('resnet'):
+      depths = self.backbone_depths or RESNET_DEPTHS.get(self.backbone)
+      if depths is None:
+        raise ValueError(f'backbone={self.backbone!r}: expected one of '
+                         f'{sorted(RESNET_DEPTHS)} or a registered Swin name')
+      return ResNetBody(tuple(depths), self.dilation, self.train_backbone, self.dtype,
+                        name='body')(x)
+    # Any registered model whose apply(..., mask=, return_features=True) returns a list of
+    # NHWC maps (Swin): DETR takes the last one; input_proj adapts to its channels.
+    from swin_jax.models.registry import create_model  # pylint: disable=g-import-not-at-top
+    kwargs = dict(num_classes=0, **(self.backbone_kwargs or {}))
+    body = create_model(self.backbone, **kwargs).clone(parent=self, name='body')
+    return body(x, train=train, mask=mask, return_features=True)[-1]
+
+
+class DETR(nn.Module):
+  """DETR detector; fields are the official ``main.py`` arguments."""
+  num_classes: int = 91
+  num_queries: int = 100
+  hidden_dim: int = 256
+  nheads: int = 8
+  enc_layers: int = 6
+  dec_layers: int = 6
+  dim_feedforward: int = 2048
+  dropout: float = 0.1
+  pre_norm: bool = False
+  aux_loss: bool = True
+  backbone: str = 'resnet50'
+  dilation: bool = False
+  backbone_depths: Optional[Sequence[int]] = None  # override the ResNet's blocks per stage
+  backbone_kwargs: Optional[Dict[str, Any]] = None  # create_model overrides (Swin backbone)
+  train_backbone: bool = True  # official lr_backbone > 0
+  img_size: Any = (800, 1200)  # only the default size of the tools (FLOPs); any size runs
+  in_chans: int = 3
+  dtype: Dtype = jnp.float32
+
+  takes_mask = True  # swin_jax.tools.count.make_inputs passes mask= [B, H, W]
+
+  @nn.compact
+  def __call__(self, x, mask: Optional[jax.Array] = None, train: bool = False):
+    """x: [B, H, W, 3]; mask bool [B, H, W] (True = padded) -> dict (module docstring)."""
+    if x.ndim != 4 or x.shape[-1] != self.in_chans:
+      raise ValueError(f'expected NHWC images [B, H, W, {self.in_chans}], got {x.shape}')
+    B, H, W, _ = x.shape
+    if mask is None:
+      mask = jnp.zeros((B, H, W), bool)
+    mask = jnp.asarray(mask, bool)
+    if mask.shape != (B, H, W):
+      raise ValueError(f'mask {mask.shape} must be [B, H, W] = {(B, H, W)} (True = padded)')
+    deterministic = not train
+    feat = Backbone(self.backbone, self.dilation, self.backbone_depths, self.train_backbone,
+                    self.backbone_kwargs, self.dtype, name='backbone_0')(x, mask, train)
+    if not self.train_backbone:
+      feat = jax.lax.stop_gradient(feat)
+    h, w = feat.shape[1:3]
+    fmask = interpolate_mask(mask, (h, w))  # [B, h, w]
+    pos = sine_position_encoding(fmask, self.hidden_dim // 2)  # [B, h, w, d] float32
+    src = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name='input_proj')(feat)
+    query_embed = nn.Embed(self.num_queries, self.hidden_dim,
+                           embedding_init=nn.initializers.normal(1.0), name='query_embed'
+                           ).embedding
+    d = self.hidden_dim
+    hs = Transformer(d, self.nheads, self.enc_layers, self.dec_layers, self.dim_feedforward,
+                     self.dropout, self.pre_norm, self.dtype, name='transformer')(
+        src.reshape(B, h * w, d), fmask.reshape(B, h * w), query_embed.astype(self.dtype),
+        pos.reshape(B, h * w, d), deterministic)  # [L, B, Q, d]
+    logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, name='class_embed')(hs)
+    boxes = jax.nn.sigmoid(MLP(d, 4, 3, self.dtype, name='bbox_embed')(hs).astype(jnp.float32))
+    logits = logits.astype(jnp.float32)
+    out = {'pred_logits': logits[-1], 'pred_boxes': boxes[-1]}
+    if self.aux_loss:
+      out['aux_outputs'] = [{'pred_logits': a, 'pred_boxes': b}
+                            for a, b in zip(logits[:-1], boxes[:-1])]
+    return out
+
+
+def trainable_mask(params, train_backbone: bool = True):
+  """Pytree of bools like ``params``: False for leaves the official DETR never trains.
+
+  The ResNet stem (``backbone_0/body/conv1``) and ``layer1`` are frozen; with
+  ``train_backbone=False`` the whole backbone. Use it with ``optax.masked`` so weight decay
+  does not move them either.
+  """
+  def is_trainable(path, _):
+    keys = [getattr(p, 'key', str(p)) for p in path]
+    if keys[:1] != ['backbone_0']:
+      return True
+    if not train_backbone:
+      return False
+    return not (len(keys) > 2 and keys[1] == 'body' and
+                (keys[2] == 'conv1' or keys[2].startswith('layer1_')))
+  return jax.tree_util.tree_map_with_path(is_trainable, params)
+
+
+def _detr(default_backbone: str, default_dilation: bool, **kw) -> DETR:
+  kw.setdefault('backbone', default_backbone)
+  kw.setdefault('dilation', default_dilation)
+  return DETR(**kw)
+
+
+for _name, _bb, _dil in (('detr_resnet50', 'resnet50', False),
+                         ('detr_resnet101', 'resnet101', False),
+                         ('detr_resnet50_dc5', 'resnet50', True),
+                         ('detr_resnet101_dc5', 'resnet101', True)):
+  register_model(_name, family='detr')(
+      lambda _bb=_bb, _dil=_dil, **kw: _detr(_bb, _dil, **kw))

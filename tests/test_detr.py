@@ -1,0 +1,180 @@
+"""DETR: parameter counts, FLOPs, equality with facebookresearch/detr, padding masks.
+
+Goldens (``tests/data/detr_goldens.npz``) come from the official code run on tiny configs
+(a [1, 1, 1, 1]-block ResNet with the real widths, hidden 32, 2 + 2 layers, 10 queries)
+whose weights are drawn here from a seed in the official state_dict layout
+(``source_weights``), so only inputs, key shapes and outputs are stored.
+"""
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swin_jax.convert import load_torch_checkpoint
+from swin_jax.models import create_model
+from swin_jax.models import detr as detr_lib
+from swin_jax.tools import count
+
+DATA = os.path.join(os.path.dirname(__file__), 'data', 'detr_goldens.npz')
+
+TINY = dict(backbone_depths=(1, 1, 1, 1), hidden_dim=32, nheads=8, enc_layers=2,
+            dec_layers=2, dim_feedforward=64, num_queries=10, num_classes=5)
+# golden name -> (registered model, overrides)
+CONFIGS = {
+    'post': ('detr_resnet50', TINY),
+    'dc5_pre': ('detr_resnet50_dc5', dict(TINY, pre_norm=True)),
+}
+
+# (total params, trainable params) of the official models (91 classes), counted with the
+# official code: sum(p.numel()) and requires_grad only (stem + layer1 frozen).
+OFFICIAL_COUNTS = {
+    'detr_resnet50': (41_524_768, 41_302_368),
+    'detr_resnet101': (60_464_672, 60_242_272),
+    'detr_resnet50_dc5': (41_524_768, 41_302_368),
+    'detr_resnet101_dc5': (60_464_672, 60_242_272),
+}
+
+
+def source_weights(shapes, seed):
+  """Deterministic random weights in the official state_dict layout.
+
+  shapes: list of [key, shape]. Scales keep activations O(1) through the ResNet.
+  """
+  out = {}
+  for i, (key, shape) in enumerate(shapes):
+    rng = np.random.default_rng([seed, i])
+    leaf = key.rsplit('.', 1)[-1]
+    shape = tuple(shape)
+    if leaf == 'running_var' or (leaf == 'weight' and len(shape) == 1):
+      v = rng.uniform(0.5, 1.5, shape)  # BN / LayerNorm scales
+    elif len(shape) == 1 or leaf == 'running_mean':
+      v = rng.normal(0.0, 0.1, shape)
+    elif key.startswith('query_embed'):
+      v = rng.normal(0.0, 1.0, shape)
+    else:
+      fan_in = math.prod(shape[1:])
+      v = rng.normal(0.0, 1.0 / math.sqrt(fan_in), shape)
+    out[key] = v.astype(np.float32)
+  return out
+
+
+@pytest.fixture(scope='module')
+def goldens():
+  return np.load(DATA)
+
+
+def _rel_err(a, b):
+  return float(np.max(np.abs(np.asarray(a) - b)) / (np.max(np.abs(b)) + 1e-12))
+
+
+@pytest.mark.parametrize('name', sorted(OFFICIAL_COUNTS))
+def test_param_counts(name):
+  model = create_model(name)
+  v = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))), jax.random.key(0))
+  total = count.count_params(v)
+  mask = detr_lib.trainable_mask(v['params'])
+  trained = sum(math.prod(x.shape) for x, t in
+                zip(jax.tree.leaves(v['params']), jax.tree.leaves(mask)) if t)
+  assert (total, trained) == OFFICIAL_COUNTS[name]
+  assert set(v) == {'params', 'frozen'}  # frozen BN vectors are not parameters
+
+
+@pytest.mark.parametrize('cfg', sorted(CONFIGS))
+def test_matches_official(goldens, cfg):
+  name, overrides = CONFIGS[cfg]
+  shapes = json.loads(str(goldens[f'{cfg}/shapes']))
+  sd = source_weights(shapes, seed=int(goldens[f'{cfg}/seed']))
+  variables = load_torch_checkpoint(name, sd, **overrides)
+  model = create_model(name, **overrides)
+  out = jax.jit(lambda v, x, m: model.apply(v, x, mask=m))(
+      variables, goldens['images'], goldens['mask'])
+  assert _rel_err(out['pred_logits'], goldens[f'{cfg}/pred_logits']) <= 1e-4
+  assert _rel_err(out['pred_boxes'], goldens[f'{cfg}/pred_boxes']) <= 1e-4
+  assert len(out['aux_outputs']) == overrides['dec_layers'] - 1
+  assert _rel_err(out['aux_outputs'][0]['pred_logits'],
+                  goldens[f'{cfg}/aux_logits']) <= 1e-4
+  assert _rel_err(out['aux_outputs'][0]['pred_boxes'], goldens[f'{cfg}/aux_boxes']) <= 1e-4
+
+
+def test_feature_mask_is_torch_nearest():
+  # F.interpolate(mask[None].float(), size=(3, 5)).bool() on a 7x11 mask with 4x6 valid.
+  mask = np.ones((1, 7, 11), bool)
+  mask[0, :4, :6] = False
+  got = np.asarray(detr_lib.interpolate_mask(jnp.asarray(mask), (3, 5)))
+  rows = np.floor(np.arange(3) * np.float32(7 / 3)).astype(int)
+  cols = np.floor(np.arange(5) * np.float32(11 / 5)).astype(int)
+  np.testing.assert_array_equal(got, mask[:, rows][:, :, cols])
+
+
+def test_padding_does_not_change_position_encoding_or_transformer():
+  """An image padded into a larger canvas (with its mask) gets the same position codes and
+  transformer outputs as alone, given the same backbone features. (The whole model cannot be
+  exactly equal, in the official code neither: the backbone's convs see the canvas's zeros
+  beyond the image's border, where an image alone gets conv padding after each BN.)"""
+  h, w, H, W = 3, 4, 5, 7
+  pad_mask = np.ones((1, H, W), bool)
+  pad_mask[0, :h, :w] = False
+  alone = detr_lib.sine_position_encoding(jnp.zeros((1, h, w), bool), 16)
+  padded = detr_lib.sine_position_encoding(jnp.asarray(pad_mask), 16)
+  np.testing.assert_allclose(padded[:, :h, :w], alone, rtol=1e-6, atol=1e-6)
+
+  tr = detr_lib.Transformer(32, 4, 2, 2, 64, 0.1)
+  rng = np.random.default_rng(0)
+  src = rng.normal(size=(1, H, W, 32)).astype(np.float32)  # garbage in the padded part
+  query = jnp.asarray(rng.normal(size=(6, 32)), jnp.float32)
+  @jax.jit
+  def run(s, m, p):
+    B, hh, ww, d = s.shape
+    return tr.apply(v, s.reshape(B, hh * ww, d), m.reshape(B, hh * ww), query,
+                    p.reshape(B, hh * ww, d), deterministic=True)
+  v = jax.jit(tr.init, static_argnames='deterministic')(jax.random.key(0), jnp.zeros((1, h * w, 32)), jnp.zeros((1, h * w), bool),
+              query, jnp.zeros((1, h * w, 32)), deterministic=True)
+  pe_a = detr_lib.sine_position_encoding(jnp.zeros((1, h, w), bool), 16)
+  pe_p = detr_lib.sine_position_encoding(jnp.asarray(pad_mask), 16)
+  out_a = run(jnp.asarray(src[:, :h, :w]), jnp.zeros((1, h, w), bool), pe_a)
+  out_p = run(jnp.asarray(src), jnp.asarray(pad_mask), pe_p)
+  np.testing.assert_allclose(out_p, out_a, rtol=1e-5, atol=1e-5)
+
+
+def test_trainable_mask_and_gradients():
+  model = create_model('detr_resnet50', **TINY)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 32, 3)), jnp.float32)
+  v = jax.jit(model.init)(jax.random.key(0), x)
+  mask = detr_lib.trainable_mask(v['params'])
+  body = mask['backbone_0']['body']
+  assert not body['conv1']['kernel'] and not body['layer1_0']['conv2']['kernel']
+  assert body['layer2_0']['conv2']['kernel'] and mask['transformer']['decoder']['norm']['scale']
+  grads = jax.jit(jax.grad(
+      lambda p: model.apply({**v, 'params': p}, x)['pred_logits'].sum()))(v['params'])
+  gb = grads['backbone_0']['body']
+  assert float(jnp.abs(gb['conv1']['kernel']).max()) == 0.0
+  assert float(jnp.abs(gb['layer1_0']['conv1']['kernel']).max()) == 0.0
+  assert float(jnp.abs(gb['layer2_0']['conv1']['kernel']).max()) > 0.0
+
+
+def test_flops_r50_paper():
+  # Paper Table 1: 86 GFLOPs for DETR-R50 (detectron2's flop_count = fvcore MACs), averaged
+  # over the first 100 COCO val2017 images resized to shorter side 800 (longer <= 1333); no
+  # single size is stated. The average must lie between the 4:3 size (800x1066: 81.2 G) and
+  # 800x1200 (91.1 G), each within 7% of it.
+  model = create_model('detr_resnet50')
+  t = time.time()
+  lo = count.count_flops(model, (1, 800, 1066, 3))
+  hi = count.count_flops(model, (1, 800, 1200, 3))
+  assert lo < 86e9 < hi, (lo, hi)
+  assert abs(lo / 86e9 - 1) <= 0.07 and abs(hi / 86e9 - 1) <= 0.07, (lo, hi)
+  assert time.time() - t < 60
+
+
+def test_swin_backbone_builds():
+  model = create_model('detr_resnet50', backbone='swin_tiny_patch4_window7_224',
+                       backbone_kwargs=dict(depths=(1, 1, 1, 1), embed_dim=24,
+                                            num_heads=(1, 1, 1, 1)),
+                       **{k: v for k, v in TINY.items() if k != 'backbone_depths'})
+  v = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))), jax.random.key(0))
+  assert v['params']['input_proj']['kernel'].shape == (1, 1, 192, 32)
