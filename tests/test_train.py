@@ -294,7 +294,10 @@ def test_shunted_batchnorm_stats_over_devices_checkpoint_resume_and_eval(tfds_di
   for k in bn1:
     assert np.abs(np.array(bn1[k]) - (0.0 if 'mean' in k else 1.0)).max() > 0  # moved
     # Statistics over the global batch of 64, not per-device shards of 8: equal to 1 device.
-    np.testing.assert_allclose(bn8[k], bn1[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    # After 6 Adam steps, reduction-order rounding (8 shards vs 1) in near-zero gradients is
+    # amplified by Adam's normalisation: entries agree to ~2e-5 absolute (values ~1e-2).
+    # Per-device shard statistics (8 of 64 images) would be off by ~1e-2: far outside this.
+    np.testing.assert_allclose(bn8[k], bn1[k], rtol=1e-3, atol=1e-4, err_msg=k)
   _, s1 = _params_at(str(tmp_path / 'shunted_d1'), 6)
 
   # Resume: the 1-device run's step-6 checkpoint removed, training resumes from step 4 and
