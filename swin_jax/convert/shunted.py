@@ -27,7 +27,8 @@ import numpy as np
 from flax import traverse_util
 
 from swin_jax.convert.torch_io import StateDict, to_numpy, unwrap_state_dict
-from swin_jax.convert.vit import Path, _flax_to_torch_shape, _fmt_keys, _to_2tuple, _torch_to_flax
+from swin_jax.convert.vit import (Path, _flax_to_torch_shape, _to_2tuple,
+                                  _torch_to_flax, key_mismatch_lines)
 
 # Buffers the model does not need (flax's BatchNorm has a fixed momentum).
 IGNORED_BUFFERS = ('num_batches_tracked',)
@@ -147,16 +148,9 @@ def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray],
                     missing: List[str], unexpected: List[str],
                     shape_errors: List[Tuple[str, tuple, tuple]],
                     drop_head: bool) -> ValueError:
-  lines = [f'checkpoint (official Shunted layout) does not fit model {name!r}:']
-  missing, unexpected = sorted(missing, key=_key_order), sorted(unexpected, key=_key_order)
-  shape_errors = sorted(shape_errors, key=lambda e: _key_order(e[0]))
-  if missing:
-    lines.append(f'  missing in checkpoint: {_fmt_keys(missing)}')
-  if unexpected:
-    lines.append(f'  unexpected in checkpoint: {_fmt_keys(unexpected)}')
-  if shape_errors:
-    shown = [f'{k} checkpoint {c} vs model {m}' for k, c, m in shape_errors]
-    lines.append(f'  shape mismatch: {_fmt_keys(shown)}')
+  lines = key_mismatch_lines(
+      f'checkpoint (official Shunted layout) does not fit model {name!r}:', missing,
+      unexpected, shape_errors, _key_order)
   cfg = infer_shunted_config(sd)
   diffs = {k: cfg[k] for k in _ARCH_FIELDS if k in cfg and _model_value(model, k) != cfg[k]}
   fixes = []

@@ -37,8 +37,8 @@ from flax import traverse_util
 
 from swin_jax.convert import resize
 from swin_jax.convert.torch_io import StateDict, to_numpy
-from swin_jax.convert.vit import (Path, _flax_to_torch_shape, _fmt_keys, _torch_to_flax,
-                                  param_shapes)
+from swin_jax.convert.vit import (Path, _flax_to_torch_shape, _torch_to_flax,
+                                  key_mismatch_lines, param_shapes)
 
 LAYOUTS = ('official', 'timm')
 # Buffers that some checkpoints store and the model rebuilds (the official load_pretrained
@@ -308,17 +308,8 @@ def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray], l
                     shape_errors: List[Tuple[str, tuple, tuple]],
                     drop_head: bool) -> ValueError:
   show = official_to_timm_key if layout == 'timm' else (lambda k: k)
-  lines = [f'checkpoint ({layout} layout) does not fit model {name!r}:']
-  missing = [show(k) for k in sorted(missing, key=_key_order)]
-  unexpected = [show(k) for k in sorted(unexpected, key=_key_order)]
-  shape_errors = sorted(shape_errors, key=lambda e: _key_order(e[0]))
-  if missing:
-    lines.append(f'  missing in checkpoint: {_fmt_keys(missing)}')
-  if unexpected:
-    lines.append(f'  unexpected in checkpoint: {_fmt_keys(unexpected)}')
-  if shape_errors:
-    shown = [f'{show(k)} checkpoint {c} vs model {m}' for k, c, m in shape_errors]
-    lines.append(f'  shape mismatch: {_fmt_keys(shown)}')
+  lines = key_mismatch_lines(f'checkpoint ({layout} layout) does not fit model {name!r}:',
+                             missing, unexpected, shape_errors, _key_order, show)
 
   cfg = infer_swin_config(sd)
   diffs = {k: cfg[k] for k in _ARCH_FIELDS if k in cfg and _model_value(model, k) != cfg[k]}

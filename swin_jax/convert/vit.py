@@ -207,20 +207,33 @@ def _fmt_keys(keys: Sequence[str]) -> str:
   return shown + more
 
 
+def key_mismatch_lines(header: str, missing, unexpected, shape_errors, order,
+                       show=lambda k: k) -> List[str]:
+  """The key-by-key part of a checkpoint/model mismatch message, shared by the converters.
+
+  shape_errors: (key, checkpoint shape, model shape); keys are sorted by ``order`` (model
+  order) and displayed with ``show`` (e.g. in the checkpoint's own layout).
+  """
+  lines = [header]
+  if missing:
+    lines.append(f'  missing in checkpoint: '
+                 f'{_fmt_keys([show(k) for k in sorted(missing, key=order)])}')
+  if unexpected:
+    lines.append(f'  unexpected in checkpoint: '
+                 f'{_fmt_keys([show(k) for k in sorted(unexpected, key=order)])}')
+  if shape_errors:
+    shown = [f'{show(k)} checkpoint {c} vs model {m}'
+             for k, c, m in sorted(shape_errors, key=lambda e: order(e[0]))]
+    lines.append(f'  shape mismatch: {_fmt_keys(shown)}')
+  return lines
+
+
 def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray],
                     missing: List[str], unexpected: List[str],
                     shape_errors: List[Tuple[str, tuple, tuple]],
                     drop_head: bool = False) -> ValueError:
-  lines = [f'checkpoint does not fit model {name!r} (timm key names):']
-  missing, unexpected = sorted(missing, key=_key_order), sorted(unexpected, key=_key_order)
-  shape_errors = sorted(shape_errors, key=lambda e: _key_order(e[0]))
-  if missing:
-    lines.append(f'  missing in checkpoint: {_fmt_keys(missing)}')
-  if unexpected:
-    lines.append(f'  unexpected in checkpoint: {_fmt_keys(unexpected)}')
-  if shape_errors:
-    shown = [f'{k} checkpoint {c} vs model {m}' for k, c, m in shape_errors]
-    lines.append(f'  shape mismatch: {_fmt_keys(shown)}')
+  lines = key_mismatch_lines(f'checkpoint does not fit model {name!r} (timm key names):',
+                             missing, unexpected, shape_errors, _key_order)
 
   cfg = infer_timm_vit_config(sd)
   diffs = {k: v for k, v in cfg.items()
