@@ -126,3 +126,66 @@ def demo_variant(c, arg, path: str):
   elif arg:
     raise ValueError(f'unknown variant {arg!r} for {path}: use "quick".')
   return c
+
+
+def detection_config():
+  """The DETR base (configs/detr/*, configs/demo/detr_digits.py): COCO 2017 with the
+  official recipe of facebookresearch/detr (main.py defaults, datasets/coco.py transforms).
+
+  AdamW lr 1e-4, backbone 1e-5 (lr_mults), weight decay 1e-4, gradient clip 0.1, batch 64,
+  lr x0.1 after epoch 400 of 500, no warm-up; loss / matching weights 1 (class), 5 (L1),
+  2 (GIoU), no-object weight 0.1.
+  """
+  c = get_config()
+  c.task = 'detection'
+  c.input.dataset = 'coco/2017'  # tfds, prepared in config.input.data_dir
+  c.input.train_split = 'train'
+  c.input.eval_split = 'validation'
+  c.input.num_classes = 91  # DETR: max COCO category id + 1 (sparse ids, 'coco91')
+  c.input.label_map = 'coco91'
+  c.input.train_scales = tuple(range(480, 801, 32))
+  c.input.max_size = 1333
+  c.input.flip = True
+  c.input.crop = True  # RandomSelect(resize, resize + RandomSizeCrop + resize), p = 0.5
+  c.input.crop_scales = (400, 500, 600)
+  c.input.crop_size = (384, 600)
+  c.input.eval_scale = 800
+  c.input.pad_size = (1344, 1344)  # static shape for jit: >= max_size, multiple of 32
+  c.input.max_boxes = 100
+  c.input.shuffle_buffer = 10_000
+  del c.input.image_size, c.input.train_augment, c.input.eval_resize
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'detr_resnet50'
+  c.model.num_classes = c.input.get_ref('num_classes')
+  c.model.num_queries = 100
+  c.model.aux_loss = True
+  c.model.dtype = 'float32'
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.matcher = 'hungarian'  # exact, pure JAX; 'greedy' | 'scipy' for comparisons
+  c.loss.eos_coef = 0.1
+  c.loss.ce, c.loss.bbox, c.loss.giou = 1.0, 5.0, 2.0
+  c.loss.cost_class, c.loss.cost_bbox, c.loss.cost_giou = 1.0, 5.0, 2.0
+
+  c.eval = ml_collections.ConfigDict()
+  # Official numbers: point this at annotations/instances_val2017.json (the ground truth
+  # rebuilt from tfds rounds areas to integers).
+  c.eval.annotation_file = ''
+
+  c.batch_size = 64
+  c.eval_batch_size = 64
+  c.num_epochs = 500.0
+  c.label_smoothing = 0.0
+  c.optimizer.lr = 1e-4
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.clip_grad_norm = 0.1
+  c.optimizer.lr_mults = (('^backbone_0/', 0.1),)  # backbone lr 1e-5
+  c.schedule.name = 'step'
+  c.schedule.warmup_epochs = 0.0
+  c.schedule.decay_epochs = (400,)
+  c.schedule.decay_rate = 0.1
+  c.checkpoint.every_steps = 2000
+  c.log_every_steps = 100
+  c.num_prediction_images = 0  # > 0: draw predictions on that many eval images at the end
+  return c

@@ -32,6 +32,15 @@ def tfds_dir(tmp_path_factory):
   return d
 
 
+@pytest.fixture(scope='session')
+def detection_tfds_dir(tmp_path_factory):
+  """A tfds data dir with the embedded digits_detection dataset prepared once per session."""
+  from swin_jax.data import prepare_embedded_detection
+  d = str(tmp_path_factory.mktemp('tfds_detection'))
+  prepare_embedded_detection(d)
+  return d
+
+
 def run_main(args, cwd=ROOT, env=None, timeout=600):
   """Runs `python -m swin_jax.main ARGS` to completion; returns CompletedProcess."""
   return subprocess.run([sys.executable, '-m', 'swin_jax.main', *args], cwd=cwd,

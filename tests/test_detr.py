@@ -178,3 +178,38 @@ def test_swin_backbone_builds():
                        **{k: v for k, v in TINY.items() if k != 'backbone_depths'})
   v = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))), jax.random.key(0))
   assert v['params']['input_proj']['kernel'].shape == (1, 1, 192, 32)
+
+
+def test_torchvision_resnet_converts_to_the_backbone(goldens):
+  """An ImageNet ResNet in torchvision's layout (what DETR trains from) fills exactly the
+  backbone leaves the full official checkpoint fills; fc is dropped, nothing else given."""
+  name, overrides = CONFIGS['post']
+  shapes = json.loads(str(goldens['post/shapes']))
+  sd = source_weights(shapes, seed=int(goldens['post/seed']))
+  full = load_torch_checkpoint(name, sd, **overrides)
+  prefix = 'backbone.0.body.'
+  tv = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+  tv['fc.weight'] = np.zeros((1000, 2048), np.float32)
+  tv['fc.bias'] = np.zeros((1000,), np.float32)
+  part = load_torch_checkpoint(name, tv, **overrides)
+  assert set(part['params']) == {'backbone_0'}
+  for col in ('params', 'frozen'):
+    a = jax.tree_util.tree_leaves_with_path(part[col])
+    b = dict(jax.tree_util.tree_leaves_with_path(full[col]))
+    assert a and all(np.array_equal(v, b[p]) for p, v in a)
+
+
+def test_group_norm_backbone_for_training_from_scratch():
+  """backbone_norm='group' (the CPU demo) replaces FrozenBatchNorm by trainable GroupNorm:
+  no 'frozen' collection, norm scales in params; a bad value names the field."""
+  kw = dict(TINY, backbone_depths=(1, 1, 1), backbone_width=16, backbone_norm='group')
+  shapes = jax.eval_shape(
+      lambda: create_model('detr_resnet50', **kw).init(jax.random.key(0),
+                                                       jnp.zeros((1, 64, 64, 3))))
+  assert set(shapes) == {'params'}
+  body = shapes['params']['backbone_0']['body']
+  assert set(body['bn1']) == {'scale', 'bias'} and body['bn1']['scale'].shape == (16,)
+  assert body['layer3_0']['downsample_1']['scale'].shape == (256,)
+  with pytest.raises(ValueError, match='backbone_norm'):
+    jax.eval_shape(lambda: create_model('detr_resnet50', **dict(kw, backbone_norm='bn')).init(
+        jax.random.key(0), jnp.zeros((1, 64, 64, 3))))

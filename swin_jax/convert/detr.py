@@ -8,6 +8,11 @@ Embedding ``weight`` -> ``embedding``; MultiheadAttention ``in_proj_weight`` [3d
 ``in_proj_bias`` -> ``in_proj/{kernel [d, 3d], bias}``. The ResNet's FrozenBatchNorm buffers
 (``weight``, ``bias``, ``running_mean``, ``running_var``) go to the ``'frozen'`` collection;
 ``num_batches_tracked`` is dropped (the official ``_load_from_state_dict`` drops it too).
+
+A torchvision ImageNet ResNet state_dict (``conv1.weight``, ``layer1.0.conv1.weight``, ...,
+``fc.*``; e.g. ``resnet50-0676ba61.pth``, what the official training starts from) converts to
+the backbone alone (``backbone_0/body``, ``fc`` dropped): merged by ``config.init_from`` into
+a fresh model, the transformer and heads keep their initialisation.
 """
 from __future__ import annotations
 
@@ -52,6 +57,10 @@ def convert_detr(state_dict: Dict[str, Any], model, *, name: str = 'detr',
   if not str(model.backbone).startswith('resnet'):
     raise NotImplementedError(f'{name}: converting DETR checkpoints with backbone='
                               f'{model.backbone!r} is not supported (ResNet only)')
+  backbone_only = is_torchvision_resnet(state_dict)
+  if backbone_only:
+    state_dict = {'backbone.0.body.' + k: v for k, v in state_dict.items()
+                  if not k.startswith('fc.')}
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))),
                             jax.random.key(0))
   targets = {col: traverse_util.flatten_dict(
@@ -96,7 +105,8 @@ def convert_detr(state_dict: Dict[str, Any], model, *, name: str = 'detr',
                        f'{"/".join(path)} {targets[col][path]}{hint}')
     out[col][path] = v
   missing = [('/'.join(p)) for col in out for p in targets[col]
-             if p not in out[col] and not (drop_head and p[0] == 'class_embed')]
+             if p not in out[col] and not (drop_head and p[0] == 'class_embed')
+             and not (backbone_only and p[0] != 'backbone_0')]
   if unexpected or missing:
     raise ValueError(f'{name}: checkpoint does not fit the model: unexpected keys '
                      f'{unexpected[:5]}, missing {missing[:5]} ({len(unexpected)} / '
@@ -106,3 +116,10 @@ def convert_detr(state_dict: Dict[str, Any], model, *, name: str = 'detr',
 
 
 convert_detr.returns_variables = True
+
+
+def is_torchvision_resnet(state_dict) -> bool:
+  """A torchvision ResNet classifier's keys (no DETR ``backbone.`` / ``transformer.``)."""
+  keys = list(state_dict)
+  return ('layer1.0.conv1.weight' in state_dict and 'conv1.weight' in state_dict and
+          not any(k.startswith(('backbone.', 'transformer.')) for k in keys))

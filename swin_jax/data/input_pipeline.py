@@ -57,6 +57,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from swin_jax.data import digits as digits_lib
+from swin_jax.data import digits_detection as detection_lib
 
 
 def hide_accelerators_from_tf() -> None:
@@ -72,7 +73,11 @@ hide_accelerators_from_tf()
 
 TRAIN_AUGMENTS = ('digits', 'inception_crop', 'none')
 EVAL_RESIZES = ('direct', 'center_crop')
-EMBEDDED_DATASETS = (digits_lib.NAME,)
+# Embedded datasets (name -> prepare(data_dir)), prepared offline on first use.
+EMBEDDED_DATASETS = {
+    digits_lib.NAME: digits_lib.prepare_embedded,
+    detection_lib.NAME: detection_lib.prepare_embedded_detection,
+}
 # Source pixels by which the 'digits' augmentation may translate the image.
 DIGITS_MAX_SHIFT = 1  # of 8 source pixels; 2 shifts a quarter of the digit away
 CENTER_CROP_FRACTION = 0.875
@@ -139,7 +144,7 @@ def get_builder(input_cfg: Any) -> tfds.core.DatasetBuilder:
   name = _cfg(input_cfg, 'dataset')
   data_dir = _data_dir(input_cfg)
   if name in EMBEDDED_DATASETS:
-    return digits_lib.prepare_embedded(data_dir)
+    return EMBEDDED_DATASETS[name](data_dir)
   where = data_dir or 'the TFDS default data dir'
   try:
     with digits_lib.gcs_disabled():

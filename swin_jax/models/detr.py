@@ -305,6 +305,9 @@ class Backbone(nn.Module):
   train_backbone: bool = True
   backbone_kwargs: Optional[Dict[str, Any]] = None
   dtype: Dtype = jnp.float32
+  backbone_width: int = 64
+  freeze_stem: bool = True
+  backbone_norm: str = 'frozen'
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
@@ -313,8 +316,8 @@ class Backbone(nn.Module):
       if depths is None:
         raise ValueError(f'backbone={self.backbone!r}: expected one of '
                          f'{sorted(RESNET_DEPTHS)} or a registered Swin name')
-      return ResNetBody(tuple(depths), self.dilation, self.train_backbone, self.dtype,
-                        name='body')(x)
+      return ResNetBody(tuple(depths), self.dilation, self.train_backbone and self.freeze_stem,
+                        self.dtype, self.backbone_width, self.backbone_norm, name='body')(x)
     # Any registered model whose apply(..., mask=, return_features=True) returns a list of
     # NHWC maps (Swin): DETR takes the last one; input_proj adapts to its channels.
     from swin_jax.models.registry import create_model  # pylint: disable=g-import-not-at-top
@@ -339,6 +342,12 @@ class DETR(nn.Module):
   dilation: bool = False
   backbone_depths: Optional[Sequence[int]] = None  # override the ResNet's blocks per stage
   backbone_kwargs: Optional[Dict[str, Any]] = None  # create_model overrides (Swin backbone)
+  backbone_width: int = 64  # ResNet base width (64 official; smaller for CPU demos)
+  # Official: the pretrained stem + layer1 stay fixed. False trains them too (a backbone
+  # trained from scratch, as the embedded-dataset demo does).
+  freeze_stem: bool = True
+  # 'frozen' (official: pretrained FrozenBatchNorm) or 'group' (GroupNorm, from scratch).
+  backbone_norm: str = 'frozen'
   train_backbone: bool = True  # official lr_backbone > 0
   img_size: Any = (800, 1200)  # only the default size of the tools (FLOPs); any size runs
   in_chans: int = 3
@@ -359,7 +368,8 @@ class DETR(nn.Module):
       raise ValueError(f'mask {mask.shape} must be [B, H, W] = {(B, H, W)} (True = padded)')
     deterministic = not train
     feat = Backbone(self.backbone, self.dilation, self.backbone_depths, self.train_backbone,
-                    self.backbone_kwargs, self.dtype, name='backbone_0')(x, mask, train)
+                    self.backbone_kwargs, self.dtype, self.backbone_width, self.freeze_stem,
+                    self.backbone_norm, name='backbone_0')(x, mask, train)
     if not self.train_backbone:
       feat = jax.lax.stop_gradient(feat)
     h, w = feat.shape[1:3]
@@ -384,12 +394,12 @@ class DETR(nn.Module):
     return out
 
 
-def trainable_mask(params, train_backbone: bool = True):
+def trainable_mask(params, train_backbone: bool = True, freeze_stem: bool = True):
   """Pytree of bools like ``params``: False for leaves the official DETR never trains.
 
-  The ResNet stem (``backbone_0/body/conv1``) and ``layer1`` are frozen; with
-  ``train_backbone=False`` the whole backbone. Use it with ``optax.masked`` so weight decay
-  does not move them either.
+  The ResNet stem (``backbone_0/body/conv1``) and ``layer1`` are frozen (unless
+  ``freeze_stem=False``); with ``train_backbone=False`` the whole backbone. The trainer's
+  optimizer gives False leaves no update at all (not even weight decay).
   """
   def is_trainable(path, _):
     keys = [getattr(p, 'key', str(p)) for p in path]
@@ -397,7 +407,7 @@ def trainable_mask(params, train_backbone: bool = True):
       return True
     if not train_backbone:
       return False
-    return not (len(keys) > 2 and keys[1] == 'body' and
+    return not (freeze_stem and len(keys) > 2 and keys[1] == 'body' and
                 (keys[2] == 'conv1' or keys[2].startswith('layer1_')))
   return jax.tree_util.tree_map_with_path(is_trainable, params)
 

@@ -63,6 +63,17 @@ def _conv(features: int, kernel: int, stride: int = 1, dilation: int = 1,
                  use_bias=False, dtype=dtype, kernel_init=conv_init, name=name)
 
 
+def make_norm(kind: str, features: int, name: str) -> nn.Module:
+  """'frozen': DETR's FrozenBatchNorm (pretrained statistics, the official setting);
+  'group': GroupNorm with 8 groups (trainable affine, no statistics): a backbone trained from
+  scratch (frozen identity statistics would leave it without any normalisation)."""
+  if kind == 'frozen':
+    return FrozenBatchNorm(features, name=name)
+  if kind == 'group':
+    return nn.GroupNorm(num_groups=min(8, features), epsilon=1e-5, name=name)
+  raise ValueError(f"backbone_norm={kind!r}: use 'frozen' (official) or 'group'")
+
+
 class Bottleneck(nn.Module):
   """torchvision Bottleneck (stride on the 3x3 conv, v1.5), expansion 4."""
   planes: int
@@ -70,21 +81,22 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   downsample: bool = False
   dtype: Dtype = jnp.float32
+  norm: str = 'frozen'
 
   @nn.compact
   def __call__(self, x):
     """x: [B, H, W, Cin] -> [B, H/stride, W/stride, 4 * planes]."""
     identity = x
     out = _conv(self.planes, 1, dtype=self.dtype, name='conv1')(x)
-    out = nn.relu(FrozenBatchNorm(self.planes, name='bn1')(out))
+    out = nn.relu(make_norm(self.norm, self.planes, 'bn1')(out))
     out = _conv(self.planes, 3, self.stride, self.dilation, self.dtype, name='conv2')(out)
-    out = nn.relu(FrozenBatchNorm(self.planes, name='bn2')(out))
+    out = nn.relu(make_norm(self.norm, self.planes, 'bn2')(out))
     out = _conv(self.planes * 4, 1, dtype=self.dtype, name='conv3')(out)
-    out = FrozenBatchNorm(self.planes * 4, name='bn3')(out)
+    out = make_norm(self.norm, self.planes * 4, 'bn3')(out)
     if self.downsample:
       identity = _conv(self.planes * 4, 1, self.stride, dtype=self.dtype,
                        name='downsample_0')(x)
-      identity = FrozenBatchNorm(self.planes * 4, name='downsample_1')(identity)
+      identity = make_norm(self.norm, self.planes * 4, 'downsample_1')(identity)
     return nn.relu(out + identity)
 
 
@@ -97,20 +109,29 @@ class ResNetBody(nn.Module):
   alone (weight decay would otherwise still move them).
   """
   depths: Sequence[int] = (3, 4, 6, 3)
-  dilation: bool = False  # DC5: dilation instead of stride in layer4
+  dilation: bool = False  # DC5: dilation instead of stride in the last stage
   freeze_stem: bool = True
   dtype: Dtype = jnp.float32
+  # Not in the official DETR (always 64 and 4 stages): a narrower / shallower body for small
+  # CPU runs (the embedded-dataset demo). Stage i has width * 2**i planes (x4 out).
+  width: int = 64
+  norm: str = 'frozen'  # 'group' for a backbone trained from scratch (make_norm)
 
   @nn.compact
   def __call__(self, x):
-    """x: [B, H, W, 3] -> [B, ceil(H/32), ceil(W/32), 2048] (H/16 when dilation)."""
-    x = _conv(64, 7, 2, dtype=self.dtype, name='conv1')(x.astype(self.dtype))
-    x = nn.relu(FrozenBatchNorm(64, name='bn1')(x))
+    """x: [B, H, W, 3] -> [B, ceil(H/32), ceil(W/32), 2048] (H/16 when dilation).
+
+    In general: stride 2 ** (len(depths) + 1) (halved with dilation), 4 * width *
+    2 ** (len(depths) - 1) channels.
+    """
+    w = self.width
+    x = _conv(w, 7, 2, dtype=self.dtype, name='conv1')(x.astype(self.dtype))
+    x = nn.relu(make_norm(self.norm, w, 'bn1')(x))
     # torch MaxPool2d(3, 2, padding=1) pads with -inf.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    inplanes, cur_dilation = 64, 1
+    inplanes, cur_dilation = w, 1
     for i, depth in enumerate(self.depths):
-      planes = 64 * 2 ** i
+      planes = w * 2 ** i
       stride = 1 if i == 0 else 2
       prev_dilation = cur_dilation
       if self.dilation and i == len(self.depths) - 1:
@@ -122,7 +143,7 @@ class ResNetBody(nn.Module):
         x = Bottleneck(planes, stride if j == 0 else 1,
                        prev_dilation if j == 0 else cur_dilation,
                        downsample=(j == 0 and (stride != 1 or inplanes != planes * 4)),
-                       dtype=self.dtype, name=f'layer{i + 1}_{j}')(x)
+                       dtype=self.dtype, norm=self.norm, name=f'layer{i + 1}_{j}')(x)
         inplanes = planes * 4
       if i == 0 and self.freeze_stem:
         x = jax.lax.stop_gradient(x)

@@ -101,7 +101,21 @@ def load_params_for_init(path: str, model_name: str, params_like,
   Leaves whose shape differs from the model's are adapted where the family knows how
   (``swin_jax.convert.adapt_param``: a ViT pos_embed is resampled to the new grid); others
   (e.g. a head with another number of classes) keep the model's fresh initialisation and
-  are returned by name in ``skipped``.
+  are returned by name in ``skipped``. Returns (params, skipped).
+  """
+  variables, skipped = load_variables_for_init(path, model_name, {'params': params_like},
+                                               model_overrides, model)
+  return variables['params'], skipped
+
+
+def load_variables_for_init(path: str, model_name: str, variables_like: dict,
+                            model_overrides: Optional[dict] = None, model=None):
+  """``load_params_for_init`` for every collection of ``variables_like`` the source has:
+  'params' and e.g. BatchNorm 'batch_stats' (Shunted) or DETR's 'frozen' statistics, which
+  an official checkpoint carries and a model without them would evaluate wrongly.
+
+  Returns (variables, skipped): the collections of ``variables_like``, each merged with the
+  source's where paths and shapes match; skipped lists the 'params' leaves kept fresh.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
@@ -112,33 +126,43 @@ def load_params_for_init(path: str, model_name: str, params_like,
     load = convert.load_vit_npz if path.endswith('.npz') else convert.load_torch_checkpoint
     kw = dict(model_overrides or {})
     try:
-      loaded = load(model_name, path, **kw)['params']
+      loaded = load(model_name, path, **kw)
     except ValueError as e:
       if 'drop_head' not in str(e):
         raise
       # Another number of classes: fine-tuning keeps the model's freshly initialised head.
-      loaded = load(model_name, path, drop_head=True, **kw)['params']
+      loaded = load(model_name, path, drop_head=True, **kw)
   else:
-    loaded = _restore_orbax_params(path)
+    loaded = _restore_orbax_variables(path)
   adapt = None
   if model is not None:
     from swin_jax import convert  # pylint: disable=g-import-not-at-top
     adapt = lambda k, v, shape: convert.adapt_param(model_name, model, k, v, shape)
-  return merge_params(params_like, loaded, source=path, adapt=adapt)
+  out = dict(variables_like)
+  params, skipped = merge_params(variables_like['params'], loaded['params'], source=path,
+                                 adapt=adapt)
+  out['params'] = params
+  for col, like in variables_like.items():
+    if col != 'params' and loaded.get(col):
+      out[col] = merge_params(like, loaded[col], source=path)[0]
+  return out, skipped
 
 
-def _restore_orbax_params(path: str):
+def _restore_orbax_variables(path: str):
+  """{'params', **model_state} of an Orbax workdir / checkpoints dir / step dir."""
   candidates = [path, os.path.join(path, 'checkpoints')]
   for d in candidates:
     if os.path.isdir(os.path.join(d, 'state')):  # a step directory
       ckptr = ocp.StandardCheckpointer()
-      return ckptr.restore(os.path.join(d, 'state'))['params']
+      state = ckptr.restore(os.path.join(d, 'state'))
+      return {'params': state['params'], **(state.get('model_state') or {})}
     mngr = ocp.CheckpointManager(d, item_names=('state', 'meta'),
                                  options=ocp.CheckpointManagerOptions(read_only=True))
     step = mngr.latest_step()
     if step is not None:
-      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-      return restored['state']['params']
+      state = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore()))['state']
+      return {'params': state['params'], **(state.get('model_state') or {})}
   raise FileNotFoundError(f'config.init_from={path} holds no Orbax checkpoint (looked in '
                           f'{candidates}).')
 
@@ -167,3 +191,27 @@ def merge_params(params_like, loaded, source: str = '', adapt=None):
     raise CheckpointMismatchError(
         f'config.init_from={source}: no parameter matches the model (wrong model name?).')
   return jax.tree_util.tree_unflatten(flat_like[1], out), skipped
+
+
+def load_variables(workdir: str, step: Optional[int] = None, use_ema: bool = True):
+  """Model variables {'params', **model_state} of a workdir's checkpoint (latest by default).
+
+  For inference (``swin_jax.predict``): no optimizer, no config needed to restore. The EMA
+  params are returned when the run kept them (as ``evaluate`` uses them).
+
+  Returns (variables, step).
+  """
+  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'--workdir={workdir} holds no checkpoints/ directory: train there '
+                            f'first (python -m swin_jax.main --config=... --workdir={workdir}).')
+  mngr = ocp.CheckpointManager(directory, item_names=('state', 'meta'),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'--workdir={workdir}: {directory} holds no finished checkpoint.')
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  params = state['params']
+  if use_ema and state.get('ema_params') is not None:
+    params = state['ema_params']
+  return {'params': params, **(state.get('model_state') or {})}, step

@@ -6,6 +6,7 @@ pure function of (seed, step) and the step rng is fold_in(seed, step)).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -23,8 +24,9 @@ from tqdm import tqdm
 
 from swin_jax.data import input_pipeline
 from swin_jax.models import create_model
+from swin_jax.models.registry import model_family
 from swin_jax.train import checkpointing, optimizers, sharding as shd, steps as steps_lib
-from swin_jax.train.tasks import ClassificationTask
+from swin_jax.train.tasks import task_from_config
 
 log = logging.getLogger('swin_jax')
 
@@ -51,8 +53,14 @@ def model_from_config(config):
   return create_model(config.model.name, **overrides)
 
 
-def task_from_config(config):
-  return ClassificationTask(config.input.num_classes, config.get('label_smoothing', 0.0))
+def trainable_from_config(config):
+  """params -> bool pytree of the leaves the model trains, or None (all of them)."""
+  if model_family(config.model.name) == 'detr':
+    from swin_jax.models import detr  # pylint: disable=g-import-not-at-top
+    return functools.partial(detr.trainable_mask,
+                             train_backbone=config.model.get('train_backbone', True),
+                             freeze_stem=config.model.get('freeze_stem', True))
+  return None
 
 
 def save_config(config, workdir: str):
@@ -142,14 +150,12 @@ class Trainer:
     self.total_steps = int(config.get('total_steps') or
                            math.ceil(config.num_epochs * self.steps_per_epoch))
     self.schedule = optimizers.make_schedule(config, self.total_steps, self.steps_per_epoch)
-    self.tx = optimizers.make_optimizer(config, self.schedule)
+    self.tx = optimizers.make_optimizer(config, self.schedule, trainable_from_config(config))
     rng = jax.random.PRNGKey(config.seed)
     self.init_rng, self.dropout_rng = jax.random.split(rng)
-    size = config.input.image_size
-    self.input_shape = (1, size, size, 3)
     self.use_ema = bool(config.optimizer.get('ema_decay', 0.0))
     self._create = lambda: steps_lib.create_train_state(
-        self.model, self.tx, self.init_rng, self.input_shape, self.use_ema)
+        self.model, self.tx, self.init_rng, self.task.init_inputs(config), self.use_ema)
     self.abstract_state = jax.eval_shape(self._create)
     self.state_sharding = shd.state_shardings(self.abstract_state, self.mesh,
                                               config.get('sharding', {}).get('fsdp', False))
@@ -172,11 +178,13 @@ class Trainer:
       return state
     state = jax.jit(self._create, out_shardings=self.state_sharding)()
     if self.config.get('init_from'):
-      params, skipped = checkpointing.load_params_for_init(
-          self.config.init_from, self.config.model.name, jax.device_get(state.params),
+      variables, skipped = checkpointing.load_variables_for_init(
+          self.config.init_from, self.config.model.name,
+          jax.device_get({'params': state.params, **state.model_state}),
           model_overrides=self.model_overrides, model=self.model)
-      params = jax.device_put(params, self.state_sharding.params)
-      state = state.replace(params=params, opt_state=jax.jit(
+      params = jax.device_put(variables.pop('params'), self.state_sharding.params)
+      model_state = jax.device_put(variables, self.state_sharding.model_state)
+      state = state.replace(params=params, model_state=model_state, opt_state=jax.jit(
           self.tx.init, out_shardings=self.state_sharding.opt_state)(params))
       if self.use_ema:
         state = state.replace(ema_params=jax.tree.map(jnp.copy, params))
@@ -192,18 +200,15 @@ class Trainer:
       self._eval_step = steps_lib.jit_eval_step(
           steps_lib.make_eval_step(self.model, self.task), self.state_sharding.params,
           self.state_sharding.model_state, self.mesh)
-    sums = None
-    it = input_pipeline.make_eval_iterator(
-        self.config.input, split=split, global_batch_size=self.config.get(
-            'eval_batch_size', self.config.batch_size),
-        process_index=jax.process_index(), process_count=jax.process_count())
-    for local in it:
+    evaluator = self.task.evaluator(self.config, split)
+    for local in self.task.eval_iterator(self.config, split):
       out = jax.device_get(self._eval_step(params, state.model_state,
                                            shd.global_batch(local, self.mesh)))
-      sums = out if sums is None else jax.tree.map(np.add, sums, out)
-    if sums is None:
-      raise ValueError(f'config.input.eval_split={split!r} yielded no examples.')
-    return self.task.summarize(sums)
+      evaluator.add(out, local)
+    try:
+      return evaluator.result()
+    except ValueError as e:
+      raise ValueError(f'config.input.eval_split={split!r}: {e}') from None
 
   # ---------------------------------------------------------------- train
   def train(self) -> Dict[str, Any]:
@@ -218,9 +223,7 @@ class Trainer:
             grad_accum_steps=config.optimizer.get('grad_accum_steps', 1),
             ema_decay=config.optimizer.get('ema_decay', 0.0)),
         self.state_sharding, self.mesh)
-    it = input_pipeline.make_train_iterator(
-        config.input, global_batch_size=config.batch_size, seed=config.seed, start_step=start,
-        process_index=jax.process_index(), process_count=jax.process_count())
+    it = self.task.train_iterator(config, start)
     writer = MetricWriter(self.workdir, self.is_main)
     every_ckpt = config.checkpoint.every_steps
     every_eval = config.get('eval_every_steps', 0)
@@ -280,6 +283,15 @@ class Trainer:
       eval_metrics = self.evaluate(state)
       eval_metrics['train_time_s'] = train_time
       writer.write(self.total_steps, 'eval', eval_metrics)
+      num_pictures = config.get('num_prediction_images', 0)
+      if num_pictures and self.is_main and self.task.name == 'detection':
+        from swin_jax import predict  # pylint: disable=g-import-not-at-top
+        params = state.ema_params if state.ema_params is not None else state.params
+        paths = predict.draw_split_examples(
+            config, jax.device_get({'params': params, **state.model_state}),
+            os.path.join(self.workdir, 'predictions'), num_pictures)
+        log.info('Drew predictions on %d eval images into %s', len(paths),
+                 os.path.dirname(paths[0]) if paths else '-')
       if self.is_main:
         print(f'step {self.total_steps}: ' + ', '.join(
             f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'

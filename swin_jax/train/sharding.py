@@ -65,5 +65,14 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool):
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy arrays [b_local, ...] -> global jax.Arrays [b_global, ...] on 'data'."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+  def put(x):
+    x = np.asarray(x)
+    if x.dtype == np.int64 and not jax.config.jax_enable_x64:
+      # e.g. COCO image ids: int64 in tfds, int32 on device (jax's default without x64).
+      if x.size and (x.min() < np.iinfo(np.int32).min or x.max() > np.iinfo(np.int32).max):
+        raise ValueError(f'int64 batch values up to {x.max()} do not fit int32: enable '
+                         f'jax_enable_x64 or map them to smaller ids.')
+      x = x.astype(np.int32)
+    return jax.make_array_from_process_local_data(sharding, x)
+  return jax.tree.map(put, local_batch)

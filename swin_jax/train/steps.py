@@ -26,10 +26,15 @@ class TrainState:
   ema_params: Any = None
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng, input_shape,
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng, init_inputs,
                        use_ema: bool) -> TrainState:
-  variables = model.init({'params': rng, 'dropout': rng}, jnp.zeros(input_shape, jnp.float32),
-                         train=False)
+  """init_inputs: (args, kwargs) of example inputs for model.init (task.init_inputs), or an
+  NHWC input shape."""
+  if not (isinstance(init_inputs, tuple) and len(init_inputs) == 2 and
+          isinstance(init_inputs[1], dict)):
+    init_inputs = ((jnp.zeros(init_inputs, jnp.float32),), {})
+  args, kwargs = init_inputs
+  variables = model.init({'params': rng, 'dropout': rng}, *args, train=False, **kwargs)
   variables = flax.core.unfreeze(variables)
   params = variables.pop('params')
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -48,12 +53,13 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
   """
   def loss_fn(params, model_state, micro, rng):
     variables = {'params': params, **model_state}
+    kwargs = task.model_kwargs(micro)
     if model_state:
       out, new_state = model.apply(variables, micro['image'], train=True,
-                                   rngs={'dropout': rng}, mutable=list(model_state))
+                                   rngs={'dropout': rng}, mutable=list(model_state), **kwargs)
     else:
       out, new_state = model.apply(variables, micro['image'], train=True,
-                                   rngs={'dropout': rng}), {}
+                                   rngs={'dropout': rng}, **kwargs), {}
     loss, metrics = task.loss(out, micro)
     return loss, (metrics, new_state)
 
@@ -95,10 +101,12 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
 
 
 def make_eval_step(model: nn.Module, task) -> Callable:
-  """eval_step(params, model_state, batch) -> dict of metric sums over the (masked) batch."""
+  """eval_step(params, model_state, batch) -> task.eval_outputs (e.g. metric sums over the
+  real examples, or per-image detections)."""
   def eval_step(params, model_state, batch):
-    out = model.apply({'params': params, **model_state}, batch['image'], train=False)
-    return task.eval_sums(out, batch)
+    out = model.apply({'params': params, **model_state}, batch['image'], train=False,
+                      **task.model_kwargs(batch))
+    return task.eval_outputs(out, batch)
   return eval_step
 
 

@@ -1,24 +1,59 @@
-"""What differs between tasks: the loss and the metrics. The loop is shared.
+"""What differs between tasks: inputs, loss, evaluation. The loop is shared.
 
 A task has:
-  loss(outputs, batch) -> (scalar loss, dict of scalar metrics)       [train step]
-  eval_sums(outputs, batch) -> dict of per-batch sums, incl. 'count'   [eval step]
-  summarize(sums) -> dict of final metrics                              [host]
+  train_iterator(config, start_step) / eval_iterator(config, split)   [host, numpy batches]
+  init_inputs(config) -> (args, kwargs) of zeros for model.init
+  model_kwargs(batch) -> extra keyword arguments of model.apply (e.g. the pixel mask)
+  loss(outputs, batch) -> (scalar loss, dict of scalar metrics)            [train step]
+  eval_outputs(outputs, batch) -> pytree of arrays                          [eval step]
+  evaluator(config, split) -> object with add(eval_outputs, batch) and result() -> dict
 """
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+LOGGED_DETECTION_METRICS = ('loss', 'loss_ce', 'loss_bbox', 'loss_giou', 'class_error',
+                            'cardinality_error')
 
 
 class ClassificationTask:
   """Softmax cross-entropy with optional label smoothing; top-1 / top-5 accuracy."""
 
+  name = 'classification'
+
   def __init__(self, num_classes: int, label_smoothing: float = 0.0):
     self.num_classes = num_classes
     self.label_smoothing = label_smoothing
 
+  # ------------------------------------------------------------------ data
+  def train_iterator(self, config, start_step: int):
+    from swin_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    return input_pipeline.make_train_iterator(
+        config.input, global_batch_size=config.batch_size, seed=config.seed,
+        start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+  def eval_iterator(self, config, split: str):
+    from swin_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    return input_pipeline.make_eval_iterator(
+        config.input, split=split,
+        global_batch_size=config.get('eval_batch_size', config.batch_size),
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def init_inputs(self, config):
+    size = config.input.image_size
+    return (jnp.zeros((1, size, size, 3), jnp.float32),), {}
+
+  def model_kwargs(self, batch) -> Dict[str, Any]:
+    del batch
+    return {}
+
+  # ------------------------------------------------------------------ loss
   def targets(self, batch):
     """One-hot (or already soft, e.g. mixup) targets [B, classes], smoothed as configured."""
     labels = batch['label']
@@ -36,7 +71,9 @@ class ClassificationTask:
       metrics['accuracy'] = (jnp.argmax(logits, -1) == batch['label']).mean()
     return loss, metrics
 
-  def eval_sums(self, logits, batch):
+  # ------------------------------------------------------------------ eval
+  def eval_outputs(self, logits, batch):
+    """Per-batch sums over real examples (batch['mask']): loss, top1, top5, count."""
     logits = logits.astype(jnp.float32)
     mask = batch['mask'].astype(jnp.float32)
     labels = batch['label']
@@ -48,7 +85,148 @@ class ClassificationTask:
     return {'loss': (ce * mask).sum(), 'top1': (top1 * mask).sum(),
             'top5': (topk * mask).sum(), 'count': mask.sum()}
 
+  eval_sums = eval_outputs
+
   def summarize(self, sums):
     n = max(float(sums['count']), 1.0)
     return {'loss': float(sums['loss']) / n, 'accuracy': float(sums['top1']) / n,
             'top5_accuracy': float(sums['top5']) / n, 'num_examples': int(sums['count'])}
+
+  def evaluator(self, config, split: str):
+    return _SumEvaluator(self.summarize)
+
+
+class _SumEvaluator:
+  """Adds up the eval step's sums; result() = task.summarize(total)."""
+
+  def __init__(self, summarize):
+    self._summarize = summarize
+    self._sums = None
+
+  def add(self, outputs, batch):
+    del batch
+    self._sums = outputs if self._sums is None else jax.tree.map(np.add, self._sums, outputs)
+
+  def result(self):
+    if self._sums is None:
+      raise ValueError('the evaluation split yielded no examples.')
+    return self._summarize(self._sums)
+
+
+class DetectionTask:
+  """DETR: Hungarian set loss (``SetCriterion``) in training, COCO AP (pycocotools) in eval.
+
+  config.loss: matcher ('hungarian' | 'greedy' | 'scipy'), eos_coef, ce / bbox / giou
+  (loss weights), cost_class / cost_bbox / cost_giou (matching costs). DETR: 1, 5, 2 both.
+  config.eval.annotation_file: an official COCO json (e.g. instances_val2017.json) for the
+  ground truth; empty = rebuilt from the tfds records of the eval split.
+  """
+
+  name = 'detection'
+
+  def __init__(self, config):
+    from swin_jax.detection.criterion import SetCriterion  # pylint: disable=g-import-not-at-top
+    lc = config.get('loss', {})
+    get = lambda k, d: lc.get(k, d) if lc else d
+    self.num_classes = int(config.model.num_classes)
+    self.criterion = SetCriterion(
+        self.num_classes, matcher=get('matcher', 'hungarian'), eos_coef=get('eos_coef', 0.1),
+        weights={'ce': get('ce', 1.0), 'bbox': get('bbox', 5.0), 'giou': get('giou', 2.0)},
+        cost_weights={'class_': get('cost_class', 1.0), 'bbox': get('cost_bbox', 5.0),
+                      'giou': get('cost_giou', 2.0)},
+        aux_loss=bool(config.model.get('aux_loss', True)))
+    self._groundtruth: Dict[str, Any] = {}
+
+  # ------------------------------------------------------------------ data
+  def train_iterator(self, config, start_step: int):
+    from swin_jax.data import detection_pipeline  # pylint: disable=g-import-not-at-top
+    return detection_pipeline.make_detection_train_iterator(
+        config.input, global_batch_size=config.batch_size, seed=config.seed,
+        start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+  def eval_iterator(self, config, split: str):
+    from swin_jax.data import detection_pipeline  # pylint: disable=g-import-not-at-top
+    return detection_pipeline.make_detection_eval_iterator(
+        config.input, split=split,
+        global_batch_size=config.get('eval_batch_size', config.batch_size),
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+  def init_inputs(self, config):
+    h, w = pad_hw(config.input.pad_size)
+    return (jnp.zeros((1, h, w, 3), jnp.float32),), {'mask': jnp.zeros((1, h, w), bool)}
+
+  def model_kwargs(self, batch) -> Dict[str, Any]:
+    return {'mask': batch['image_mask']}
+
+  # ------------------------------------------------------------------ loss
+  def loss(self, outputs, batch):
+    targets = {'labels': batch['labels'], 'boxes': batch['boxes'], 'valid': batch['valid']}
+    loss, metrics = self.criterion(outputs, targets)
+    return loss, {k: metrics[k] for k in LOGGED_DETECTION_METRICS}
+
+  # ------------------------------------------------------------------ eval
+  def eval_outputs(self, outputs, batch):
+    """DETR's PostProcess: scores, labels, boxes (x0, y0, x1, y1 in original pixels) per
+    query, with the image ids and the real-example mask of the (global) batch."""
+    from swin_jax.evaluation.coco import postprocess  # pylint: disable=g-import-not-at-top
+    scores, labels, boxes = postprocess(outputs['pred_logits'], outputs['pred_boxes'],
+                                        batch['orig_size'])
+    return {'scores': scores, 'labels': labels, 'boxes': boxes,
+            'image_id': batch['image_id'], 'mask': batch['mask']}
+
+  def groundtruth(self, config, split: str):
+    """COCO-format ground truth of ``split`` (cached): the annotation file or tfds."""
+    from swin_jax.evaluation import coco  # pylint: disable=g-import-not-at-top
+    from swin_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    ann = config.get('eval', {}).get('annotation_file', '') if config.get('eval') else ''
+    key = ann or split
+    if key not in self._groundtruth:
+      if ann:
+        self._groundtruth[key] = coco.groundtruth_from_json(ann)
+      else:
+        builder = input_pipeline.get_builder(config.input)
+        self._groundtruth[key] = coco.groundtruth_from_tfds(
+            builder, split, label_map=config.input.get('label_map'))
+    return self._groundtruth[key]
+
+  def evaluator(self, config, split: str):
+    from swin_jax.evaluation.coco import CocoEvaluator  # pylint: disable=g-import-not-at-top
+    return _CocoAdapter(CocoEvaluator(self.groundtruth(config, split)))
+
+
+class _CocoAdapter:
+  """Feeds eval-step outputs (replicated global batches) to a CocoEvaluator."""
+
+  def __init__(self, evaluator):
+    self.evaluator = evaluator
+    self.count = 0
+
+  def add(self, outputs, batch):
+    del batch  # the outputs carry the global batch's image ids and mask
+    self.count += int(np.sum(outputs['mask']))
+    self.evaluator.add(outputs['image_id'], outputs['scores'], outputs['labels'],
+                       outputs['boxes'], valid=outputs['mask'])
+
+  def result(self):
+    if not self.count:
+      raise ValueError('the evaluation split yielded no examples.')
+    stats = self.evaluator.summarize()
+    return dict(stats, num_examples=self.count)
+
+
+def pad_hw(pad_size):
+  """config.input.pad_size (int or (H, W)) -> (H, W)."""
+  if isinstance(pad_size, int):
+    return pad_size, pad_size
+  h, w = pad_size
+  return int(h), int(w)
+
+
+def task_from_config(config):
+  name = config.get('task', 'classification')
+  if name == 'classification':
+    return ClassificationTask(config.input.num_classes, config.get('label_smoothing', 0.0))
+  if name == 'detection':
+    return DetectionTask(config)
+  raise ValueError(f"config.task={name!r}: use 'classification' or 'detection'.")

@@ -1,0 +1,70 @@
+"""A small DETR on the embedded digits_detection set: CPU-sized, no network.
+
+  python -m swin_jax.main --config=configs/demo/detr_digits.py --workdir=runs/detr_demo
+  python -m swin_jax.predict --workdir runs/detr_demo --image IN.png --out OUT.png
+
+digits_detection: 2,000 train / 250 test canvases (64..112 px) with 0..4 real sklearn digits
+each (disjoint source digits between the splits), boxes and classes exact. The model is
+DETR as in the paper, made small: a 3-stage ResNet body (width 16, stride 16, trained from
+scratch, so the stem is not frozen and GroupNorm replaces the frozen BatchNorm), hidden
+128, 4 heads, 2 + 3 layers, FFN 512, 10 queries,
+aux losses, Hungarian matching in JAX. Images are resized (shorter side 48..64, longer side
+at most 80; the multi-scale part of DETR's augmentation; no flip, a mirrored digit is another
+glyph) and padded to 80x80. The run ends with COCO evaluation (pycocotools) on the 250 test
+canvases and draws the predictions on a few of them into <workdir>/predictions/.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def get_config(arg=None):
+  c = common.detection_config()
+  c.input.dataset = 'digits_detection'
+  c.input.train_split = 'train'  # 2,000 canvases
+  c.input.eval_split = 'test'  # 250 canvases from held-out digits
+  c.input.num_classes = 10
+  c.input.label_map = None
+  c.input.mean = (0.5, 0.5, 0.5)
+  c.input.std = (0.5, 0.5, 0.5)
+  c.input.train_scales = (48, 52, 56, 60, 64)
+  c.input.max_size = 80
+  c.input.flip = False
+  c.input.crop = False
+  c.input.eval_scale = 56
+  c.input.pad_size = (80, 80)
+  c.input.max_boxes = 6
+  c.input.shuffle_buffer = 2000
+  c.input.cache = True
+
+  c.model.name = 'detr_resnet50'
+  c.model.backbone_depths = (1, 1, 1)  # stride 16: 5x5 tokens at 80x80
+  c.model.backbone_width = 16
+  # Trained from scratch: no ImageNet stem to keep frozen, and GroupNorm instead of frozen
+  # (identity) BatchNorm statistics, which would leave the backbone unnormalised.
+  c.model.freeze_stem = False
+  c.model.backbone_norm = 'group'
+  c.model.hidden_dim = 128
+  c.model.nheads = 4
+  c.model.enc_layers = 2
+  c.model.dec_layers = 3
+  c.model.dim_feedforward = 512
+  c.model.dropout = 0.0
+  c.model.pre_norm = True
+  c.model.num_queries = 10
+
+  c.batch_size = 32
+  c.eval_batch_size = 50
+  c.num_epochs = 64.0  # 4,000 steps
+  c.optimizer.lr = 5e-4
+  c.optimizer.lr_mults = ()  # the backbone trains from scratch at the full lr
+  c.optimizer.clip_grad_norm = 1.0
+  c.schedule.name = 'cosine'
+  c.schedule.warmup_steps = 200
+  c.schedule.min_lr = 2.5e-5
+  c.checkpoint.every_steps = 500
+  c.log_every_steps = 50
+  c.num_prediction_images = 4
+  return common.demo_variant(c, arg, 'configs/demo/detr_digits.py')

@@ -1,0 +1,411 @@
+"""Tests of data/augment.py (RandAugment, random erasing) and data/mixup.py.
+
+References are independent: PIL (the library timm's ops call), numpy
+re-derivations, and properties recovered from the outputs.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+import pytest
+import tensorflow as tf
+
+from swin_jax.data import augment
+from swin_jax.data import mixup
+
+FILL = augment.IMAGENET_FILL
+
+
+def _images():
+  """uint8 [12, 16, 3] test images: full range, low contrast, few levels."""
+  rng = np.random.default_rng(0)
+  full = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+  low = (rng.integers(0, 256, (12, 16, 3)) // 4 + 60).astype(np.uint8)
+  few = (rng.integers(0, 5, (12, 16, 3)) * 40).astype(np.uint8)
+  return {'full': full, 'low': low, 'few': few}
+
+
+IMAGES = _images()
+
+
+def _np(x):
+  return np.asarray(x).astype(np.int64)
+
+
+# --------------------------------------------------------------------------
+# RandAugment ops against PIL / numpy.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('kind', sorted(IMAGES))
+def test_point_ops_match_pil(kind):
+  img = IMAGES[kind]
+  pil = Image.fromarray(img)
+  np.testing.assert_array_equal(_np(augment.auto_contrast(img)),
+                                _np(ImageOps.autocontrast(pil)))
+  np.testing.assert_array_equal(_np(augment.equalize(img)),
+                                _np(ImageOps.equalize(pil)))
+  np.testing.assert_array_equal(_np(augment.invert(img)), 255 - _np(img))
+  for bits in (1, 2, 4, 8):
+    np.testing.assert_array_equal(_np(augment.posterize(img, bits)),
+                                  _np(ImageOps.posterize(pil, bits)))
+  for threshold in (0, 26, 128, 230, 256):
+    np.testing.assert_array_equal(_np(augment.solarize(img, threshold)),
+                                  _np(ImageOps.solarize(pil, threshold)))
+  for add in (0, 33, 110):
+    want = np.where(img < 128, np.minimum(_np(img) + add, 255), img)
+    np.testing.assert_array_equal(_np(augment.solarize_add(img, add)), want)
+
+
+def test_posterize_zero_bits_is_black():
+  # Pillow >= 10 refuses bits=0; older PIL (and TF AutoAugment) give black,
+  # which is what PosterizeIncreasing at magnitude 10 asks for.
+  np.testing.assert_array_equal(_np(augment.posterize(IMAGES['full'], 0)), 0)
+
+
+@pytest.mark.parametrize('kind', sorted(IMAGES))
+def test_enhance_ops_match_pil(kind):
+  img = IMAGES[kind]
+  pil = Image.fromarray(img)
+  for factor in (0.1, 0.55, 1.0, 1.37, 1.9):
+    for ours, theirs in ((augment.color, ImageEnhance.Color),
+                         (augment.contrast, ImageEnhance.Contrast),
+                         (augment.brightness, ImageEnhance.Brightness),
+                         (augment.sharpness, ImageEnhance.Sharpness)):
+      got = _np(ours(img, factor))
+      want = _np(theirs(pil).enhance(factor))
+      assert np.abs(got - want).max() <= 1, (ours.__name__, factor)
+      # In practice bit-exact; allow a rare float32 truncation flip.
+      assert (got != want).mean() < 0.01, (ours.__name__, factor)
+
+
+def _shift_reference(img, dy, dx):
+  """Content moved by (dy, dx) integer pixels, uncovered pixels = FILL."""
+  h, w, _ = img.shape
+  out = np.broadcast_to(np.array(FILL, np.uint8), img.shape).copy()
+  ys, xs = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
+  yt = slice(max(-dy, 0), h + min(-dy, 0))
+  xt = slice(max(-dx, 0), w + min(-dx, 0))
+  out[ys, xs] = img[yt, xt]
+  return out
+
+
+def test_geometric_ops_exact_cases():
+  img = IMAGES['full']
+  square = img[:, :12]
+  # PIL rotates counter-clockwise, as np.rot90 does.
+  np.testing.assert_array_equal(_np(augment.rotate(square, 90)),
+                                np.rot90(square, 1))
+  np.testing.assert_array_equal(_np(augment.rotate(square, -90)),
+                                np.rot90(square, -1))
+  np.testing.assert_array_equal(_np(augment.rotate(img, 180)),
+                                np.rot90(img, 2))
+  np.testing.assert_array_equal(_np(augment.rotate(img, 0)), img)
+  # translate_x(p): output x samples input x + p, so content moves left.
+  for p in (3, -5):
+    np.testing.assert_array_equal(_np(augment.translate_x(img, p)),
+                                  _shift_reference(img, 0, -p))
+    np.testing.assert_array_equal(_np(augment.translate_y(img, p)),
+                                  _shift_reference(img, -p, 0))
+  np.testing.assert_array_equal(_np(augment.translate_x(img, 40)),
+                                _shift_reference(img, 0, -16))
+
+
+def _pil_affine(img, matrix, resample):
+  pil = Image.fromarray(img)
+  return _np(pil.transform(pil.size, Image.AFFINE, matrix, resample=resample,
+                           fillcolor=FILL))
+
+
+def test_geometric_ops_match_pil():
+  img = IMAGES['full']
+  pil = Image.fromarray(img)
+  for degrees in (-17.3, 8.0, 24.5):
+    got = _np(augment.rotate(img, degrees))
+    want = _np(pil.rotate(degrees, resample=Image.NEAREST, fillcolor=FILL))
+    # Nearest sampling can differ only where a sample point sits on a pixel
+    # edge (PIL decides those by its own double round-off).
+    assert (got != want).any(-1).mean() < 0.02, degrees
+    got = _np(augment.rotate(img, degrees, interpolation='bilinear'))
+    want = _np(pil.rotate(degrees, resample=Image.BILINEAR, fillcolor=FILL))
+    assert np.abs(got - want).max() <= 1, degrees
+  for s in (0.27, -0.13):
+    for fn, m in ((augment.shear_x, (1, s, 0, 0, 1, 0)),
+                  (augment.shear_y, (1, 0, 0, s, 1, 0))):
+      got = _np(fn(img, s))
+      assert (got != _pil_affine(img, m, Image.NEAREST)).any(-1).mean() < 0.02
+  for p in (2.6, -4.3):
+    np.testing.assert_array_equal(
+        _np(augment.translate_x(img, p)),
+        _pil_affine(img, (1, 0, p, 0, 1, 0), Image.NEAREST))
+    got = _np(augment.translate_y(img, p, interpolation='bilinear'))
+    want = _pil_affine(img, (1, 0, 0, 0, 1, p), Image.BILINEAR)
+    assert np.abs(got - want).max() <= 1
+
+
+def test_apply_op_level_to_arg():
+  """Magnitude -> argument mapping of timm's LEVEL_TO_ARG."""
+  img = IMAGES['full']
+  h, w = img.shape[:2]
+  cases = [
+      # (name, magnitude, sign, expected, via)
+      ('PosterizeIncreasing', 9, 1, augment.posterize(img, 4 - 3)),
+      ('Posterize', 9, 1, augment.posterize(img, 3)),
+      ('SolarizeIncreasing', 9, 1, augment.solarize(img, 256 - 230)),
+      ('Solarize', 9, 1, augment.solarize(img, 230)),
+      ('SolarizeAdd', 9, 1, augment.solarize_add(img, 99)),
+      ('Rotate', 10, -1, augment.rotate(img, -30.0)),
+      ('ShearX', 10, 1, augment.shear_x(img, 0.3)),
+      ('BrightnessIncreasing', 5, -1, augment.brightness(img, 0.55)),
+      ('ColorIncreasing', 10, -1, augment.color(img, 0.1)),
+      ('Contrast', 0, 1, augment.contrast(img, 0.1)),
+      ('AutoContrast', 3, 1, augment.auto_contrast(img)),
+  ]
+  for name, magnitude, sign, want in cases:
+    got = augment.apply_op(img, name, magnitude, sign)
+    assert np.abs(_np(got) - _np(want)).max() <= 1, name
+  # Relative translation: magnitude 10 moves by 0.45 of the side.
+  got = augment.apply_op(img, 'TranslateXRel', 10, -1)
+  np.testing.assert_array_equal(
+      _np(got), _pil_affine(img, (1, 0, -0.45 * w, 0, 1, 0), Image.NEAREST))
+  got = augment.apply_op(img, 'TranslateYRel', 10, 1)
+  np.testing.assert_array_equal(
+      _np(got), _pil_affine(img, (1, 0, 0, 0, 1, 0.45 * h), Image.NEAREST))
+  with pytest.raises(ValueError):
+    augment.apply_op(img, 'Cutout', 5)
+
+
+# --------------------------------------------------------------------------
+# RandAugment policy.
+# --------------------------------------------------------------------------
+
+
+def test_parse_rand_augment():
+  assert augment.parse_rand_augment('rand-m9-mstd0.5-inc1') == dict(
+      num_layers=2, magnitude=9.0, magnitude_std=0.5, prob=0.5,
+      increasing=True)
+  kwargs = augment.parse_rand_augment('rand-n3-m7-mstd101-mmax12-p0.3')
+  assert kwargs['num_layers'] == 3 and kwargs['magnitude'] == 7
+  assert math.isinf(kwargs['magnitude_std'])
+  assert kwargs['magnitude_max'] == 12 and kwargs['prob'] == 0.3
+  assert kwargs['increasing'] is False
+  with pytest.raises(ValueError):
+    augment.parse_rand_augment('rand-m9-w0')
+  with pytest.raises(ValueError):
+    augment.parse_rand_augment('original-mstd0.5')
+
+
+def test_op_lists_are_timms():
+  assert len(augment.RAND_INCREASING_TRANSFORMS) == 15
+  for name in augment.RAND_INCREASING_TRANSFORMS + augment.RAND_TRANSFORMS:
+    augment.apply_op(IMAGES['few'], name, 9)  # every name is implemented
+
+
+def test_rand_augment_in_tf_data():
+  img = np.random.default_rng(1).integers(0, 256, (24, 20, 3), np.uint8)
+  kwargs = augment.parse_rand_augment('rand-m9-mstd0.5-inc1')
+  seeds = np.stack([np.full(32, 7), np.arange(32)], 1).astype(np.int64)
+
+  @tf.autograph.experimental.do_not_convert
+  def fn(seed):
+    return augment.rand_augment(tf.constant(img), seed, **kwargs)
+
+  ds = tf.data.Dataset.from_tensor_slices(seeds).map(fn)
+  out = np.stack(list(ds.as_numpy_iterator()))
+  assert out.dtype == np.uint8 and out.shape == (32, 24, 20, 3)
+  # A pure function of the seed.
+  np.testing.assert_array_equal(out, np.stack(list(ds.as_numpy_iterator())))
+  changed = [not np.array_equal(o, img) for o in out]
+  distinct = {o.tobytes() for o in out}
+  # P(no op applied) = 1/4 per seed; 32 seeds give many distinct outputs.
+  assert 12 <= sum(changed) < 32
+  assert len(distinct) > 12
+  # prob 0 never applies an op.
+  np.testing.assert_array_equal(
+      augment.rand_augment(img, seeds[0], prob=0.0), img)
+
+
+# --------------------------------------------------------------------------
+# Random erasing.
+# --------------------------------------------------------------------------
+
+
+def test_random_erasing():
+  h, w = 40, 48
+  image = tf.fill([h, w, 3], 7.0)  # noise never equals 7 exactly
+  for i in range(3):
+    seed = tf.constant([3, i], tf.int64)
+    np.testing.assert_array_equal(
+        augment.random_erasing(image, seed, prob=0.0), image)
+  fractions = []
+  erase = tf.function(functools.partial(augment.random_erasing, prob=1.0))
+  for i in range(24):
+    seed = tf.constant([5, i], tf.int64)
+    out = erase(image, seed).numpy()
+    np.testing.assert_array_equal(out, erase(image, seed).numpy())
+    changed = (out != 7.0)
+    assert (changed.all(-1) == changed.any(-1)).all()  # all channels erased
+    rows, cols = np.nonzero(changed[..., 0])
+    top, left = rows.min(), cols.min()
+    eh, ew = rows.max() - top + 1, cols.max() - left + 1
+    # Exactly one filled rectangle, the rest untouched.
+    assert changed[..., 0].sum() == eh * ew
+    assert eh < h and ew < w
+    # timm draws area A in [0.02, 1/3] * h * w and aspect r = eh / ew in
+    # [0.3, 1/0.3], then rounds sqrt(A r), sqrt(A / r): the box must be
+    # consistent with some (A, r) in range.
+    area = h * w
+    assert (eh - .5) * (ew - .5) <= area / 3 and (eh + .5) * (ew + .5) >= (
+        0.02 * area)
+    assert (eh - .5) / (ew + .5) <= 1 / 0.3 and (eh + .5) / (ew - .5) >= 0.3
+    fractions.append(eh * ew / area)
+    noise = out[changed]
+    assert abs(noise.mean()) < 0.5 and 0.6 < noise.std() < 1.4
+  assert 0.015 < min(fractions) and max(fractions) < 0.4
+
+
+# --------------------------------------------------------------------------
+# Mixup / CutMix.
+# --------------------------------------------------------------------------
+
+B, H, W, C, K = 6, 8, 10, 3, 11
+
+
+def _batch():
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, H, W, C))
+  labels = jnp.array([0, 3, 5, 7, 9, 10])
+  return x, labels
+
+
+def _smooth_np(labels, smoothing):
+  off = smoothing / K
+  out = np.full((len(labels), K), off)
+  out[np.arange(len(labels)), labels] = 1 - smoothing + off
+  return out
+
+
+def _recover_lam(targets, labels, smoothing):
+  off = smoothing / K
+  on = 1 - smoothing + off
+  return (float(targets[0, labels[0]]) - off) / (on - off)
+
+
+def test_label_smoothing_values():
+  y = mixup.smooth_targets(jnp.array([2, 0]), K, 0.1)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y[0, 2], 1 - 0.1 + 0.1 / K, rtol=1e-6)
+  np.testing.assert_allclose(y[0, 0], 0.1 / K, rtol=1e-6)
+  np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-6)
+  soft = jax.nn.one_hot(jnp.array([2, 0]), K)
+  np.testing.assert_allclose(mixup.smooth_targets(soft, K, 0.1), y, atol=1e-7)
+
+
+# One compiled program (Swin / Shunted's settings, no smoothing so that lam
+# reads straight off the targets) shared by the tests below; the Gamma
+# sampler takes seconds to compile.
+_MIX = jax.jit(functools.partial(mixup.mixup_cutmix, num_classes=K,
+                                 label_smoothing=0.0))
+_KEYS = [jax.random.PRNGKey(100 + i) for i in range(16)]
+
+
+def _is_cutmix(images, x):
+  return bool(((images == x) | (images == x[::-1])).all())
+
+
+def test_mixup_images_and_targets():
+  x, labels = _batch()
+  n = 0
+  for key in _KEYS:
+    images, targets = _MIX(key, x, labels)
+    if _is_cutmix(images, x):
+      continue
+    n += 1
+    lam = _recover_lam(targets, labels, 0.0)
+    assert 0 < lam < 1
+    np.testing.assert_allclose(images, lam * x + (1 - lam) * x[::-1],
+                               atol=1e-5)
+    want = lam * _smooth_np(labels, 0) + (1 - lam) * _smooth_np(labels[::-1], 0)
+    np.testing.assert_allclose(targets, want, atol=1e-6)
+    np.testing.assert_allclose(targets.sum(-1), 1.0, atol=1e-6)
+  assert 3 <= n <= 13  # switch_prob 0.5 picks mixup about half the time
+
+
+def test_cutmix_box_and_lam():
+  x, labels = _batch()
+  flipped = np.asarray(x[::-1])
+  n = 0
+  for key in _KEYS:
+    images, targets = _MIX(key, x, labels)
+    if not _is_cutmix(images, x):
+      continue
+    n += 1
+    images = np.asarray(images)
+    from_flip = (images == flipped).all(-1)  # [B, H, W]
+    from_orig = (images == np.asarray(x)).all(-1)
+    assert (from_flip ^ from_orig).all()  # every pixel from one source
+    # One box, the same for every image.
+    box = from_flip[0]
+    assert (from_flip == box).all()
+    area = box.sum()
+    if area:
+      rows, cols = np.nonzero(box)
+      assert area == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)  # a rectangle
+    lam = 1 - area / (H * W)  # corrected to the clipped box
+    want = lam * _smooth_np(labels, 0) + (1 - lam) * _smooth_np(labels[::-1], 0)
+    np.testing.assert_allclose(targets, want, atol=1e-6)
+    np.testing.assert_allclose(targets.sum(-1), 1.0, atol=1e-6)
+  assert 3 <= n <= 13
+
+
+def test_mixup_target_smoothing():
+  labels = np.array([0, 3, 5, 7, 9, 10])
+  lam = 0.3
+  want = lam * _smooth_np(labels, 0.1) + (1 - lam) * _smooth_np(labels[::-1],
+                                                                0.1)
+  got = mixup.mixup_target(jnp.asarray(labels), K, lam, 0.1)
+  np.testing.assert_allclose(got, want, atol=1e-7)
+  np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
+  # Soft labels mix the same way as their one-hot ids.
+  soft = jax.nn.one_hot(labels, K)
+  np.testing.assert_allclose(mixup.mixup_target(soft, K, lam, 0.1), want,
+                             atol=1e-7)
+
+
+def test_lam_is_beta():
+  keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+  lam, use_cutmix = jax.jit(jax.vmap(functools.partial(
+      mixup.mix_params, cutmix_alpha=0.0)))(keys)
+  assert not use_cutmix.any()
+  a = 0.8  # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1))
+  assert abs(float(lam.mean()) - 0.5) < 0.02
+  assert abs(float(lam.var()) - 1 / (4 * (2 * a + 1))) < 0.01
+
+
+def test_rand_bbox_matches_timm_formula():
+  for i, lam in enumerate((0.0, 0.3, 0.77, 1.0)):
+    key = jax.random.PRNGKey(i)
+    y_lo, y_hi, x_lo, x_hi = [int(v) for v in mixup.rand_bbox(key, H, W, lam)]
+    ky, kx = jax.random.split(key)
+    cy = int(jax.random.randint(ky, (), 0, H))
+    cx = int(jax.random.randint(kx, (), 0, W))
+    cut_h, cut_w = int(H * np.sqrt(1 - lam)), int(W * np.sqrt(1 - lam))
+    assert (y_lo, y_hi) == (np.clip(cy - cut_h // 2, 0, H),
+                            np.clip(cy + cut_h // 2, 0, H))
+    assert (x_lo, x_hi) == (np.clip(cx - cut_w // 2, 0, W),
+                            np.clip(cx + cut_w // 2, 0, W))
+
+
+def test_no_mix_and_odd_batch():
+  x, labels = _batch()
+  images, targets = jax.jit(functools.partial(
+      mixup.mixup_cutmix, num_classes=K, prob=0.0))(
+          jax.random.PRNGKey(0), x, labels)
+  np.testing.assert_array_equal(images, x)
+  np.testing.assert_allclose(targets, _smooth_np(labels, 0.1), atol=1e-7)
+  with pytest.raises(ValueError):
+    mixup.mixup_cutmix(jax.random.PRNGKey(0), x[:5], labels[:5],
+                       num_classes=K)
