@@ -20,11 +20,16 @@ from absl import app, flags
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
-flags.DEFINE_string('image', None, 'Input image (PNG / JPEG).')
-flags.DEFINE_string('out', None, 'Output PNG.')
-flags.DEFINE_float('threshold', 0.5, 'Draw detections with score >= threshold.')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+
+
+def _define_flags():
+  # Only when run as a program: the trainer imports this module (end-of-run pictures) in a
+  # process whose absl flags (main.py's --workdir) are already defined.
+  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
+  flags.DEFINE_string('image', None, 'Input image (PNG / JPEG).')
+  flags.DEFINE_string('out', None, 'Output PNG.')
+  flags.DEFINE_float('threshold', 0.5, 'Draw detections with score >= threshold.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 
 
 def load_config(workdir: str):
@@ -168,5 +173,10 @@ def main(argv: Sequence[str]):
     sys.exit(1)
 
 
-if __name__ == '__main__':
+def run():
+  _define_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()
