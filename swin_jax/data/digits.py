@@ -189,10 +189,11 @@ def gcs_disabled() -> Iterator[None]:
     gcs_utils._is_gcs_disabled = saved  # pylint: disable=protected-access
 
 
-def prepare_embedded(data_dir: Optional[str] = None) -> SklearnDigits:
-  """Builds `sklearn_digits` into `data_dir` unless already prepared.
+def prepare_builder(builder_cls, data_dir: Optional[str] = None):
+  """Builds an offline (embedded) tfds builder into `data_dir` unless already prepared.
 
   Args:
+    builder_cls: a GeneratorBasedBuilder that needs no downloads.
     data_dir: TFDS data dir; None = TFDS default (env TFDS_DATA_DIR, else
       ~/tensorflow_datasets).
 
@@ -202,8 +203,13 @@ def prepare_embedded(data_dir: Optional[str] = None) -> SklearnDigits:
   if data_dir is not None:
     data_dir = os.fspath(os.path.expanduser(data_dir))
   with gcs_disabled():
-    builder = SklearnDigits(data_dir=data_dir)
+    builder = builder_cls(data_dir=data_dir)
     if not builder.is_prepared():
       builder.download_and_prepare(download_config=offline_download_config())
-      builder = SklearnDigits(data_dir=data_dir)  # Re-read the written info.
+      builder = builder_cls(data_dir=data_dir)  # Re-read the written info.
   return builder
+
+
+def prepare_embedded(data_dir: Optional[str] = None) -> SklearnDigits:
+  """Builds `sklearn_digits` into `data_dir` unless already prepared."""
+  return prepare_builder(SklearnDigits, data_dir)

@@ -325,21 +325,5 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def prepare_embedded_detection(
     data_dir: Optional[str] = None) -> DigitsDetection:
-  """Builds `digits_detection` into `data_dir` unless already prepared.
-
-  Args:
-    data_dir: TFDS data dir; None = TFDS default (env TFDS_DATA_DIR, else
-      ~/tensorflow_datasets).
-
-  Returns:
-    The (prepared) builder, ready for `as_dataset`.
-  """
-  if data_dir is not None:
-    data_dir = os.fspath(os.path.expanduser(data_dir))
-  with digits_lib.gcs_disabled():
-    builder = DigitsDetection(data_dir=data_dir)
-    if not builder.is_prepared():
-      builder.download_and_prepare(
-          download_config=digits_lib.offline_download_config())
-      builder = DigitsDetection(data_dir=data_dir)  # Re-read the written info.
-  return builder
+  """Builds `digits_detection` into `data_dir` unless already prepared."""
+  return digits_lib.prepare_builder(DigitsDetection, data_dir)
