@@ -22,8 +22,13 @@ def get_config():
   c.input.num_classes = 1000
   c.input.mean = IMAGENET_MEAN
   c.input.std = IMAGENET_STD
-  c.input.train_augment = 'inception_crop'
-  c.input.eval_resize = 'center_crop'
+  c.input.train_augment = 'inception_crop'  # timm RandomResizedCrop + horizontal flip
+  # The ImageNet recipe's per-example augmentations (swin_jax/data/input_pipeline.py), off:
+  c.input.rand_augment = ''  # timm string, e.g. 'rand-m9-mstd0.5-inc1'
+  c.input.color_jitter = 0.0  # timm/torchvision ColorJitter strength; not with rand_augment
+  c.input.random_erasing = 0.0  # probability of timm RandomErasing ('pixel'), after normalise
+  c.input.repeated_augmentation = 1  # k > 1: each image k times in a row (DeiT's RASampler)
+  c.input.eval_resize = 'center_crop'  # shorter side 224 / 0.875 = 256, central crop
   c.input.shuffle_buffer = 10_000
   c.input.cache = False
 
@@ -39,7 +44,16 @@ def get_config():
   c.eval_batch_size = 1024
   c.num_epochs = 300.0
   c.total_steps = config_dict.placeholder(int)  # overrides num_epochs when set
-  c.label_smoothing = 0.1
+  c.label_smoothing = 0.1  # also smooths the Mixup / CutMix targets, as timm's --smoothing
+
+  # Mixup / CutMix of each global batch in the train step (timm Mixup(mode='batch');
+  # swin_jax/data/mixup.py), on when mixup_alpha > 0 or cutmix_alpha > 0.
+  c.mixup = ml_collections.ConfigDict()
+  c.mixup.mixup_alpha = 0.0  # Beta(a, a) of the mixup weight; recipe 0.8
+  c.mixup.cutmix_alpha = 0.0  # Beta(a, a) of the CutMix area; recipe 1.0
+  c.mixup.switch_prob = 0.5  # P(CutMix) when both are on
+  c.mixup.prob = 1.0  # P(mixing a batch at all)
+  c.mixup.correct_lam = True  # CutMix weight from the clipped box's real area
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'
@@ -52,6 +66,7 @@ def get_config():
   c.optimizer.clip_grad_norm = 5.0  # 0 disables
   c.optimizer.grad_accum_steps = 1
   c.optimizer.ema_decay = 0.0  # 0 disables; e.g. 0.9999 evaluates the EMA params
+  c.optimizer.layer_decay = 0.0  # 0 or 1 disables; d: layer l of L at lr x d ** (L + 1 - l)
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.name = 'cosine'  # cosine | linear | step | constant
@@ -69,6 +84,11 @@ def get_config():
   c.checkpoint.async_save = True
 
   c.init_from = ''  # weights only (fine-tuning): a workdir, step dir, .pth/.safetensors/.npz
+
+  # Fine-tuning switches (with init_from); the head is 'head' (ViT, Swin, Shunted) / 'fc'.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.new_head = False  # True: re-initialise the loaded head (another label set)
+  c.finetune.freeze = ''  # '' | 'backbone' (train the head only: linear probe) | 'head'
   c.log_every_steps = 50
   c.eval_every_steps = 0  # 0: evaluate at the end only
   c.progress_bar = True
@@ -116,9 +136,29 @@ def digits_config(image_size: int = 16):
   return c
 
 
+def digits_resnet_config(image_size: int = 24, depths=(1, 1, 1), width: int = 16):
+  """A small ResNet classifier on the embedded digits: the DETR demo's backbone, trained
+  first as the paper's backbone is on ImageNet (configs/demo/detr_digits.py: pretrain).
+
+  resnet50's torchvision layout made CPU-sized: len(depths) stages of width * 2**i planes,
+  GroupNorm (trained from scratch; the official frozen statistics need a trained net).
+  """
+  c = digits_config(image_size=image_size)
+  c.model.name = 'resnet50'
+  del c.model['img_size']  # not a ResNet field (the net is fully convolutional)
+  del c.model['drop_path_rate']
+  c.model.depths = tuple(depths)
+  c.model.width = width
+  c.model.norm = 'group'
+  c.optimizer.weight_decay = 1e-4
+  return c
+
+
 def demo_variant(c, arg, path: str):
   """Applies a demo variant: None (the full demo) or 'quick' (6 steps, for tests)."""
   if arg == 'quick':
+    if c.get('pretrain'):
+      demo_variant(c.pretrain, arg, path)
     c.total_steps = 6
     c.schedule.warmup_steps = 2
     c.checkpoint.every_steps = 2

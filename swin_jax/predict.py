@@ -11,6 +11,7 @@ it (upscaled for legibility when small); the detections are also printed, one pe
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -33,13 +34,14 @@ def _define_flags():
 
 
 def load_config(workdir: str):
+  """The run's config from <workdir>/config.json (a local or gs:// workdir)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  from swin_jax.train.checkpointing import as_path  # pylint: disable=g-import-not-at-top
+  path = as_path(os.path.join(workdir, 'config.json'))
+  if not path.exists():
     raise FileNotFoundError(f'--workdir={workdir} has no config.json: give the workdir of a '
                             f'training run (python -m swin_jax.main ... --workdir=DIR).')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def class_names(config) -> Optional[List[str]]:
@@ -101,10 +103,16 @@ class Predictor:
 
 
 def draw(image, scores, labels, boxes, threshold: float, names, out: str):
+  """Draws the detections with score >= threshold into the PNG ``out`` (a local or gs://
+  path; its directory is created). Returns the bool mask of the drawn detections."""
   from swin_jax.detection.visualize import save_detections  # pylint: disable=g-import-not-at-top
+  from swin_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
   keep = scores >= threshold
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  save_detections(out, image, boxes[keep], labels[keep], scores[keep], class_names=names)
+  out = checkpointing.resolve_path(out)
+  checkpointing.makedirs(os.path.dirname(out))
+  png = io.BytesIO()
+  save_detections(png, image, boxes[keep], labels[keep], scores[keep], class_names=names)
+  checkpointing.as_path(out).write_bytes(png.getvalue())
   return keep
 
 
@@ -128,11 +136,13 @@ def draw_split_examples(config, variables, outdir: str, num: int, threshold: flo
 
 
 def read_image(path: str) -> np.ndarray:
+  """uint8 [H, W, 3] of a PNG / JPEG file (a local or gs:// path)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  if not os.path.exists(path):
+  from swin_jax.train.checkpointing import as_path  # pylint: disable=g-import-not-at-top
+  if not as_path(path).exists():
     raise FileNotFoundError(f'--image={path} does not exist.')
   try:
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(as_path(path).read_bytes())) as im:
       return np.asarray(im.convert('RGB'))
   except OSError as e:
     raise ValueError(f'--image={path} is not a readable image ({e}).') from None

@@ -230,6 +230,42 @@ def test_rand_augment_in_tf_data():
 
 
 # --------------------------------------------------------------------------
+# Color jitter.
+# --------------------------------------------------------------------------
+
+
+def test_jitter_colors_is_torchvision_order_of_pil_enhances():
+  """torchvision ColorJitter on a PIL image: ImageEnhance.Brightness / Contrast / Color
+  (saturation) with its factors, in its drawn order."""
+  img = IMAGES['full']
+  pil_ops = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+  factors = (0.7, 1.3, 0.8)
+  for order in ((0, 1, 2), (2, 0, 1), (1, 2, 0)):
+    want = Image.fromarray(img)
+    for i in order:
+      want = pil_ops[i](want).enhance(factors[i])
+    got = _np(augment.jitter_colors(img, factors, order))
+    want = _np(want)
+    assert np.abs(got - want).max() <= 1, order
+    assert (got != want).mean() < 0.01, order  # bit-exact but for rare float32 flips
+
+
+def test_color_jitter_draws():
+  img = IMAGES['low']
+  seed = tf.constant([4, 2], tf.int64)
+  np.testing.assert_array_equal(augment.color_jitter(img, seed, 0.0), img)
+  jitter = tf.function(augment.color_jitter)
+  outs = [jitter(img, tf.constant([4, i], tf.int64), 0.4).numpy() for i in range(8)]
+  np.testing.assert_array_equal(outs[0], jitter(img, tf.constant([4, 0], tf.int64),
+                                                0.4).numpy())
+  assert len({o.tobytes() for o in outs}) == 8
+  # Brightness alone scales by a factor in [0.6, 1.4]; the mean moves within that range
+  # times the contrast / saturation changes (which keep the mean grey level roughly).
+  ratios = [o.astype(np.float64).mean() / img.astype(np.float64).mean() for o in outs]
+  assert all(0.5 < r < 1.5 for r in ratios), ratios
+
+
+# --------------------------------------------------------------------------
 # Random erasing.
 # --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'
 
 def _variants(path):
   if path.endswith('deit_i1k.py'):
-    return ['Ti/16', 'S/16', 'B/16']
+    return ['Ti/16', 'S/16', 'B/16', 'B/16-384-ft']
   if path.endswith('vit_digits.py') or path.endswith('swin_digits.py'):
     return [None, 'quick']
   if path.endswith('swin_i1k.py'):
@@ -23,7 +23,7 @@ def _variants(path):
     return ['T', 'S', 'B']
   if path.endswith('shunted_digits.py'):
     return [None, 'quick']
-  if path.endswith('detr_digits.py'):
+  if path.endswith('detr_digits.py') or path.endswith('resnet_digits.py'):
     return [None, 'quick']
   if path.endswith('detr_coco.py'):
     return DETR_COCO_VARIANTS
@@ -49,7 +49,7 @@ def test_config_loads_and_builds_model(path):
     if c.get('task', 'classification') == 'detection':
       assert 'image_size' not in c.input  # images are resized + padded to pad_size
       assert min(c.input.pad_size) >= c.input.max_size
-    else:
+    elif hasattr(model, 'img_size'):  # the ResNet classifiers take any size
       assert c.input.image_size == model.img_size
 
 
@@ -158,8 +158,13 @@ def test_detr_configs_build_and_lr_mults_cover_the_backbone(path, arg, counts):
     assert params['input_proj']['kernel'].shape == (1, 1, 768, 256)
     assert n_trainable == sum(x.size for x in flat.values())
   if path.endswith('detr_digits.py'):
-    # The demo trains its small ResNet from scratch: everything trains, at one lr.
-    assert c.model.freeze_stem is False and not mults
-    assert n_trainable == sum(x.size for x in flat.values())
+    # The paper's recipe in small: the backbone is pretrained as a classifier of the same
+    # shape (config.pretrain), then its stem + layer1 stay frozen, the rest at 0.1x the lr.
+    pre = c.pretrain.model
+    assert (pre.name, tuple(pre.depths), pre.width, pre.norm) == (
+        'resnet50', tuple(c.model.backbone_depths), c.model.backbone_width,
+        c.model.backbone_norm)
+    assert c.model.freeze_stem is True and mults
+    assert c.pretrain.total_steps == 6  # the quick variant shortens both runs
     assert c.input.max_boxes <= c.model.num_queries
     assert c.total_steps == 6 and c.checkpoint.every_steps == 2

@@ -32,13 +32,14 @@ def _config(data_dir, **overrides):
   """The quick demo (6 steps, checkpoints every 2), batch 8, all checkpoints kept, with
   DETR's official backbone setting."""
   c = load_config(DEMO, 'quick')
+  c.pretrain = None  # the backbone pretraining has a test of its own
   c.input.data_dir = data_dir
   c.progress_bar = False
   c.batch_size = 8
   c.eval_batch_size = 32  # 250 = 7 x 32 + 26: the last eval batch is padded
   c.checkpoint.keep = 10
   # The official backbone setting: FrozenBatchNorm, stem + layer1 not trained (the demo
-  # itself trains its backbone from scratch: GroupNorm, freeze_stem=False).
+  # uses GroupNorm: its backbone is pretrained here, with no batch statistics to freeze).
   c.model.freeze_stem = True
   c.model.backbone_norm = 'frozen'
   c.num_prediction_images = 0
@@ -197,7 +198,7 @@ def test_frozen_stem_and_frozen_batchnorm_unchanged(trained):
 
 
 def test_freeze_stem_false_trains_the_stem(trained):
-  """The demo's own setting (a backbone trained from scratch): the trainer's optimizer mask
+  """A backbone trained from scratch (freeze_stem=False): the trainer's optimizer mask
   for the config marks the stem trainable and the model passes it gradients (the optimizer
   then moves it: test_optimizers.py). A full train step would cost a second ~15 s compile."""
   from swin_jax.train import loop
@@ -432,3 +433,41 @@ def test_predict_module_imports_beside_the_trainer_flags():
   r = subprocess.run([sys.executable, '-c', 'import swin_jax.main, swin_jax.predict'],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ backbone pretraining
+def test_pretrain_runs_first_and_starts_the_backbone(detection_tfds_dir, tfds_dir, tmp_path):
+  """config.pretrain (the demo's digits classifier) trains in <workdir>/pretrain before
+  DETR's first step; DETR's backbone starts from its final weights, the transformer and
+  heads from their fresh initialisation; a finished pretraining is not run again."""
+  from swin_jax.train import checkpointing, loop
+  c = load_config(DEMO, 'quick')
+  c.input.data_dir = detection_tfds_dir
+  c.pretrain.input.data_dir = tfds_dir
+  c.progress_bar = False
+  c.batch_size = 8
+  c.pretrain.batch_size = 16
+  work = str(tmp_path / 'run')
+  trainer = loop.Trainer(c, work)
+  try:
+    state = jax.device_get(trainer.initial_state())
+    fresh = jax.device_get(jax.jit(trainer._create)())  # pylint: disable=protected-access
+  finally:
+    trainer.ckpt.close()
+  pre_dir = os.path.join(work, 'pretrain')
+  assert _steps(pre_dir)[-1] == 6
+  assert any(r['split'] == 'eval' and 'accuracy' in r for r in _records(pre_dir))
+  body = _flat(checkpointing.load_variables(pre_dir)[0]['params']['body'])
+  got = _flat(state.params['backbone_0']['body'])
+  init = _flat(fresh.params['backbone_0']['body'])
+  assert body.keys() == got.keys()
+  for k in body:
+    np.testing.assert_array_equal(got[k], body[k], err_msg=k)
+  assert any(not np.array_equal(body[k], init[k]) for k in body)  # pretraining moved them
+  for part in ('transformer', 'class_embed', 'bbox_embed', 'query_embed', 'input_proj'):
+    a, b = _flat(state.params[part]), _flat(fresh.params[part])
+    assert all(np.array_equal(a[k], b[k]) for k in a), part
+  pre = c.pretrain.copy_and_resolve_references()
+  pre.progress_bar = False
+  assert loop.train_and_evaluate(pre, pre_dir, skip_finished=True) == {'step': 6,
+                                                                      'skipped': True}

@@ -18,10 +18,17 @@ Recipe (the official main.py, DeiT's, and configs/Shunted/shunted_{T,S,B}.py; di
 5 warm-up epochs from 1e-6, cosine to 1e-5, label smoothing 0.1, drop-path 0.1 / 0.2 / 0.3
 (T / S / B), gradient clipping 1.0 for B only, center-crop evaluation.
 
+Augmentation (the official main.py defaults, DeiT's): Inception crop + flip, RandAugment
+rand-m9-mstd0.5-inc1, random erasing 0.25 ('pixel', one box), Mixup 0.8 / CutMix 1.0 switching
+with probability 0.5 on every batch (--mixup-prob 1.0, mode 'batch'), targets smoothed by 0.1,
+repeated augmentation x3 (set_defaults(repeated_aug=True); samplers.py RASampler repeats each
+index 3 times). --color-jitter 0.4 is passed to timm's create_transform, which drops color
+jitter when --aa is set, so it is 0 here. The model EMA of DeiT's main.py is commented out in
+Shunted's: no EMA. timm resamples bicubic (--train-interpolation) where this pipeline
+resizes bilinear (antialiased).
+
 The stem's BatchNorm statistics (the ``batch_stats`` collection) are computed over the global
-batch (one jit over all devices) and saved with the checkpoints. RandAugment, Mixup/CutMix
-and random erasing of the recipe arrive with the ImageNet recipe issue; until then the
-pipeline uses Inception crop + flip, so expect lower accuracy than the table.
+batch (one jit over all devices) and saved with the checkpoints.
 """
 import os
 import sys
@@ -59,6 +66,17 @@ def get_config(arg='T'):
   c.schedule.warmup_epochs = 5.0
   c.schedule.warmup_init_lr = 1e-6
   c.schedule.min_lr = 1e-5
+  # Official main.py defaults (datasets.py create_transform, timm Mixup):
+  c.input.train_augment = 'inception_crop'  # RandomResizedCrop (0.08, 1) + flip 0.5
+  c.input.rand_augment = 'rand-m9-mstd0.5-inc1'  # --aa
+  c.input.color_jitter = 0.0  # --color-jitter 0.4, dropped by timm with --aa on
+  c.input.random_erasing = 0.25  # --reprob, --remode pixel, --recount 1
+  c.input.repeated_augmentation = 3  # --repeated-aug (default on): RASampler, 3 copies
+  c.mixup.mixup_alpha = 0.8  # --mixup
+  c.mixup.cutmix_alpha = 1.0  # --cutmix
+  c.mixup.switch_prob = 0.5  # --mixup-switch-prob
+  c.mixup.prob = 1.0  # --mixup-prob (--mixup-mode batch)
+  c.optimizer.ema_decay = 0.0  # main.py's model EMA is commented out
   c.checkpoint.every_steps = 2000
   c.log_every_steps = 100
   c.eval_every_steps = 12_500  # ~10 epochs at batch 1024

@@ -25,6 +25,16 @@ From-scratch recipe (paper Sec. 4.1; official config.py): AdamW lr 1e-3 at batch
 cosine to 1e-5, gradient clipping 5.0, label smoothing 0.1, drop-path 0.2 / 0.3 / 0.5 (T / S /
 B), center-crop evaluation (crop ratio 0.875).
 
+Augmentation (official config.py _C.AUG and data/build.py, the same for every row, fine-tunes
+included: no yaml overrides AUG): Inception crop + flip, RandAugment rand-m9-mstd0.5-inc1,
+random erasing 0.25 ('pixel', one box), Mixup 0.8 / CutMix 1.0 switching with probability
+0.5 on every batch (MIXUP_PROB 1.0, mode 'batch'), targets smoothed by 0.1. COLOR_JITTER 0.4
+is passed to timm's create_transform, which drops color jitter when auto_augment is set, so
+it is 0 here. No repeated augmentation (a plain DistributedSampler), no EMA, no layer decay
+(TRAIN.LAYER_DECAY 1.0; only the SimMIM fine-tunes use it). Differences left: timm resamples
+bicubic (DATA.INTERPOLATION) where this pipeline resizes bilinear (antialiased) and
+RandAugment's geometric ops use bilinear.
+
 Fine-tuning recipe (`-ft` rows; official configs/swin/*_finetune.yaml and get_started.md:
 8 GPUs x batch 64 x 2 accumulation steps = 1024): 30 epochs, 5 warm-up epochs, cosine,
 AdamW lr 4e-5 at batch 1024 (BASE_LR 2e-5 x 1024 / 512; warm-up from 4e-8, min 4e-7), wd 1e-8,
@@ -33,12 +43,11 @@ clipping 5.0, label smoothing 0.1, drop-path 0.5 for B-384-ft and 0.2 for the 22
 `config.init_from` (empty by default) at the weights to start from: B-384-ft at the B row's
 result (its workdir) or the official swin_base_patch4_window7_224.pth; the 22K rows at the
 official 22K releases swin_{base,large}_patch4_window{7_224,12_384}_22k.pth. The 21,841-class
-head is kept fresh (1,000 classes); a checkpoint with another window size (B-384-ft starts
-from window 7, the model has window 12) needs its relative_position_bias_table resized.
-
-RandAugment (rand-m9-mstd0.5-inc1), Mixup 0.8 / CutMix 1.0, random erasing 0.25 and color
-jitter 0.4 of the official recipe arrive with the ImageNet recipe issue; until then the
-pipeline uses Inception crop + flip, so expect lower accuracy than the table from scratch.
+head is kept fresh (1,000 classes; the official utils.load_pretrained instead keeps the 1K
+classes' rows of the 22K head, data/map22kto1k.txt, which this loader does not do); a
+checkpoint with another window size (B-384-ft starts from window 7, the model has window 12)
+needs its relative_position_bias_table resized. All weights train (config.finetune.freeze
+''); B-384-ft keeps the loaded 1K head (config.finetune.new_head False).
 """
 import os
 import sys
@@ -75,6 +84,18 @@ def get_config(arg='T'):
   c.optimizer.weight_decay = 0.05
   c.optimizer.clip_grad_norm = 5.0
   c.schedule.name = 'cosine'
+  # Official config.py _C.AUG (create_transform + Mixup in data/build.py):
+  c.input.train_augment = 'inception_crop'  # RandomResizedCrop (0.08, 1) + flip 0.5
+  c.input.rand_augment = 'rand-m9-mstd0.5-inc1'  # AUG.AUTO_AUGMENT
+  c.input.color_jitter = 0.0  # AUG.COLOR_JITTER 0.4, dropped by timm with RandAugment on
+  c.input.random_erasing = 0.25  # AUG.REPROB, REMODE 'pixel', RECOUNT 1
+  c.input.repeated_augmentation = 1  # DistributedSampler: no repeated augmentation
+  c.mixup.mixup_alpha = 0.8  # AUG.MIXUP
+  c.mixup.cutmix_alpha = 1.0  # AUG.CUTMIX
+  c.mixup.switch_prob = 0.5  # AUG.MIXUP_SWITCH_PROB
+  c.mixup.prob = 1.0  # AUG.MIXUP_PROB (AUG.MIXUP_MODE 'batch')
+  c.optimizer.ema_decay = 0.0  # no model EMA in the official Swin training
+  c.optimizer.layer_decay = 0.0  # TRAIN.LAYER_DECAY 1.0 (off) for these rows
   if not finetune:
     c.num_epochs = 300.0
     c.optimizer.lr = 5e-4 * c.batch_size / 512  # 1e-3 at 1024
@@ -96,6 +117,8 @@ def get_config(arg='T'):
     # B-384-ft, or an official .pth (swin_base_patch4_window7_224.pth for B-384-ft,
     # swin_{base,large}_patch4_window{7_224,12_384}_22k.pth for the 22K rows).
     c.init_from = ''
+    c.finetune.new_head = False  # 1K -> 1K keeps the head; a 22K head does not fit anyway
+    c.finetune.freeze = ''  # every weight trains (official fine-tunes: no frozen layers)
   c.checkpoint.every_steps = 2000
   c.log_every_steps = 100
   return c

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Optional
 
-from swin_jax.convert.detr import convert_detr
+from swin_jax.convert.detr import convert_detr, convert_resnet
 from swin_jax.convert.resize import torch_bicubic_resize, torch_resize
 from swin_jax.convert.shunted import convert_shunted
 from swin_jax.convert.swin import (adapt_swin_param, convert_swin,
@@ -40,6 +40,7 @@ CONVERTERS: Dict[str, Callable[..., Dict[str, Any]]] = {
     'swin': convert_swin,
     'shunted': convert_shunted,  # returns {'params', 'batch_stats'} (returns_variables)
     'detr': convert_detr,  # returns {'params', 'frozen'} (returns_variables)
+    'resnet': convert_resnet,  # torchvision classifiers; {'params', 'frozen'}
 }
 
 

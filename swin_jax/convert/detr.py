@@ -61,18 +61,45 @@ def convert_detr(state_dict: Dict[str, Any], model, *, name: str = 'detr',
   if backbone_only:
     state_dict = {'backbone.0.body.' + k: v for k, v in state_dict.items()
                   if not k.startswith('fc.')}
+  targets = _targets(model)
+  out, unexpected = _map_keys(state_dict, targets, name, drop_head=drop_head)
+  missing = [('/'.join(p)) for col in out for p in targets[col]
+             if p not in out[col] and not (drop_head and p[0] == 'class_embed')
+             and not (backbone_only and p[0] != 'backbone_0')]
+  if unexpected or missing:
+    raise ValueError(f'{name}: checkpoint does not fit the model: unexpected keys '
+                     f'{unexpected[:5]}, missing {missing[:5]} ({len(unexpected)} / '
+                     f'{len(missing)} in all). A DC5 / R101 / other model name, or '
+                     f'backbone_depths=, enc_layers=, dec_layers= may fit it.')
+  return {col: traverse_util.unflatten_dict(out[col]) for col in out}
+
+
+convert_detr.returns_variables = True
+
+
+def _targets(model) -> Dict[str, Dict[Tuple[str, ...], Tuple[int, ...]]]:
+  """{'params' / 'frozen': {path tuple: shape}} of the model's variables."""
   abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))),
                             jax.random.key(0))
-  targets = {col: traverse_util.flatten_dict(
-      jax.tree.map(lambda x: tuple(x.shape), abstract[col],
+  return {col: traverse_util.flatten_dict(
+      jax.tree.map(lambda x: tuple(x.shape), abstract.get(col, {}),
                    is_leaf=lambda x: hasattr(x, 'shape'))) for col in ('params', 'frozen')}
+
+
+def _map_keys(state_dict, targets, name: str, *, drop_head: bool = False, rename=None):
+  """torch keys -> ({'params' / 'frozen': {path: array}}, unexpected keys).
+
+  rename: key -> key before mapping (e.g. a torchvision ResNet's 'layer1.0...' ->
+  'body.layer1.0...'). Raises ValueError on a shape mismatch, naming the key and the
+  num_classes / num_queries the checkpoint would need.
+  """
   out: Dict[str, Dict[Tuple[str, ...], np.ndarray]] = {'params': {}, 'frozen': {}}
   unexpected = []
   for key, value in state_dict.items():
-    mod, leaf = _module_path(key)
+    mod, leaf = _module_path(rename(key) if rename else key)
     if leaf == 'num_batches_tracked':
       continue
-    if drop_head and mod[:1] == ('class_embed',):
+    if drop_head and mod[:1] in (('class_embed',), ('fc',)):
       continue
     v = _to_numpy(value)
     if leaf in _FROZEN_LEAVES and mod + (leaf,) in targets['frozen']:
@@ -96,26 +123,38 @@ def convert_detr(state_dict: Dict[str, Any], model, *, name: str = 'detr',
       continue
     if tuple(v.shape) != targets[col][path]:
       hint = ''
-      if mod[:1] == ('class_embed',):
-        hint = (f' (the checkpoint has num_classes={v.shape[-1] - 1}: pass num_classes= or '
-                f'drop_head=True)')
+      if mod[:1] in (('class_embed',), ('fc',)):
+        n = v.shape[-1] - (1 if mod[0] == 'class_embed' else 0)  # no-object column
+        hint = f' (the checkpoint has num_classes={n}: pass num_classes= or drop_head=True)'
       elif mod[:1] == ('query_embed',):
         hint = f' (the checkpoint has num_queries={v.shape[0]})'
-      raise ValueError(f'{name}: {key} has shape {tuple(value.shape)}, the model wants '
+      raise ValueError(f'{name}: {key} has shape {tuple(np.shape(value))}, the model wants '
                        f'{"/".join(path)} {targets[col][path]}{hint}')
     out[col][path] = v
-  missing = [('/'.join(p)) for col in out for p in targets[col]
-             if p not in out[col] and not (drop_head and p[0] == 'class_embed')
-             and not (backbone_only and p[0] != 'backbone_0')]
+  return out, unexpected
+
+
+def convert_resnet(state_dict: Dict[str, Any], model, *, name: str = 'resnet50',
+                   drop_head: bool = False) -> Dict[str, Any]:
+  """A torchvision ResNet classifier state_dict (``resnet50-0676ba61.pth``) ->
+  ``{'params': {'body', 'fc'}, 'frozen': {'body'}}`` for ``swin_jax.models.resnet.ResNet``
+  with norm='frozen' (torchvision's eval-mode BatchNorm)."""
+  if model.norm != 'frozen':
+    raise ValueError(f"{name}: torchvision weights carry BatchNorm statistics: build the "
+                     f"model with norm='frozen' (got norm={model.norm!r})")
+  targets = _targets(model)
+  out, unexpected = _map_keys(state_dict, targets, name, drop_head=drop_head,
+                              rename=lambda k: k if k.startswith('fc.') else 'body.' + k)
+  missing = ['/'.join(p) for col in out for p in targets[col]
+             if p not in out[col] and not (drop_head and p[0] == 'fc')]
   if unexpected or missing:
     raise ValueError(f'{name}: checkpoint does not fit the model: unexpected keys '
                      f'{unexpected[:5]}, missing {missing[:5]} ({len(unexpected)} / '
-                     f'{len(missing)} in all). A DC5 / R101 / other model name, or '
-                     f'backbone_depths=, enc_layers=, dec_layers= may fit it.')
-  return {col: traverse_util.unflatten_dict(out[col]) for col in out}
+                     f'{len(missing)} in all). resnet101 or depths= may fit it.')
+  return {col: traverse_util.unflatten_dict(out[col]) for col in out if out[col]}
 
 
-convert_detr.returns_variables = True
+convert_resnet.returns_variables = True
 
 
 def is_torchvision_resnet(state_dict) -> bool:

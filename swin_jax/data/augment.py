@@ -7,6 +7,8 @@ re-implements, as graph-mode TF ops that run inside `tf.data` maps:
   rand_augment(image, seed, ...)    timm RandAugment on uint8 [H, W, 3].
   parse_rand_augment(config_str)    'rand-m9-mstd0.5-inc1' -> its kwargs.
   random_erasing(image, seed, ...)  timm RandomErasing on a normalised image.
+  color_jitter(image, seed, s)      torchvision ColorJitter(s, s, s), which
+                                    timm uses only when RandAugment is off.
 
 plus the individual RandAugment ops (`auto_contrast`, `equalize`, `rotate`,
 ...), each with the semantics of the PIL call timm makes, so that each can be
@@ -619,6 +621,71 @@ def parse_rand_augment(config_str: str) -> Dict[str, Any]:
       raise ValueError(f'Unsupported RandAugment section {part!r} in '
                        f'{config_str!r}.')
   return kwargs
+
+
+# --------------------------------------------------------------------------
+# Color jitter.
+# --------------------------------------------------------------------------
+
+# torchvision ColorJitter's op indices in its random order (hue unused: timm's
+# scalar color_jitter is (b, c, s) with no hue).
+JITTER_OPS = ('brightness', 'contrast', 'saturation')
+
+
+def jitter_colors(image: tf.Tensor, factors: Any, order: Any) -> tf.Tensor:
+  """Brightness, contrast, saturation by `factors`, applied in `order`.
+
+  The deterministic half of `color_jitter`: torchvision's ColorJitter on a PIL
+  image calls ImageEnhance.Brightness / Contrast / Color, i.e. `brightness`,
+  `contrast` and `color` of this file, one after the other.
+
+  Args:
+    image: uint8 [H, W, 3].
+    factors: float [3], the enhance factors of JITTER_OPS (1 = identity).
+    order: int [3], a permutation of 0..2: order[k] is the k-th op applied.
+
+  Returns:
+    uint8 [H, W, 3].
+  """
+  image = _as_uint8(image)
+  factors = tf.cast(factors, tf.float32)
+  order = tf.cast(order, tf.int32)
+  ops = (brightness, contrast, color)
+  for k in range(len(ops)):
+    branches = [lambda fn=fn, i=i, image=image: fn(image, factors[i])
+                for i, fn in enumerate(ops)]
+    image = tf.ensure_shape(tf.switch_case(order[k], branches), image.shape)
+  return image
+
+
+# Plain Python control flow only: nothing for autograph to convert in a map.
+@tf.autograph.experimental.do_not_convert
+def color_jitter(image: tf.Tensor, seed: tf.Tensor,
+                 strength: float = 0.4) -> tf.Tensor:
+  """torchvision `ColorJitter(strength, strength, strength)` (timm's scalar).
+
+  Draws brightness, contrast and saturation factors uniform in
+  [max(0, 1 - strength), 1 + strength] and a uniformly random order, then
+  applies `jitter_colors`. timm's `transforms_imagenet_train` adds it only when
+  no auto_augment / RandAugment is configured (see input_pipeline).
+
+  Args:
+    image: uint8 [H, W, 3] (float 0..255 is rounded to uint8 first).
+    seed: int [2] stateless seed.
+    strength: the jitter strength, >= 0; 0 returns the image.
+
+  Returns:
+    uint8 [H, W, 3].
+  """
+  image = _as_uint8(image)
+  if strength <= 0:
+    return image
+  order_seed, factor_seed = tf.unstack(tf.random.experimental.stateless_split(
+      tf.cast(seed, tf.int64), num=2))
+  factors = tf.random.stateless_uniform(
+      [len(JITTER_OPS)], factor_seed, max(0.0, 1.0 - strength), 1.0 + strength)
+  order = tf.argsort(tf.random.stateless_uniform([len(JITTER_OPS)], order_seed))
+  return jitter_colors(image, factors, order)
 
 
 # --------------------------------------------------------------------------

@@ -39,10 +39,29 @@ batches: ceil(max_p shard_size_p / b).
   image_size: int, model input resolution.
   num_classes: int, checked against the dataset's ClassLabel.
   mean, std: per-channel, in 0..1 units.
-  train_augment: 'digits' | 'inception_crop' | 'none'.
-  eval_resize: 'direct' | 'center_crop'.
+  train_augment: 'digits' | 'inception_crop' | 'none' (the geometric part;
+    'inception_crop' is timm's RandomResizedCrop, scale (0.08, 1), ratio
+    (3/4, 4/3), + horizontal flip with probability 1/2).
+  rand_augment: '' (off) or a timm RandAugment string such as
+    'rand-m9-mstd0.5-inc1' (Swin / DeiT / Shunted), applied after the crop.
+  color_jitter: float, 0 = off; torchvision ColorJitter(s, s, s). timm's
+    create_transform drops color jitter whenever RandAugment is on, so setting
+    both is refused rather than silently ignored.
+  random_erasing: float probability, 0 = off; timm RandomErasing (mode
+    'pixel', one box) on the normalised image.
+  repeated_augmentation: int k >= 1; k > 1 repeats each example of the
+    shuffled stream k times in a row, each copy augmented independently
+    (DeiT's RASampler, per process shard).
+  eval_resize: 'direct' (resize to image_size, no crop: the 384 fine-tunes) |
+    'center_crop' (shorter side to floor(image_size / 0.875), e.g. 256 for
+    224, then the central crop).
   shuffle_buffer: int.
   cache: bool, cache the decoded dataset in memory (small datasets only).
+
+Train preprocessing order, as timm's transforms_imagenet_train: geometric
+augment (crop + flip) -> RandAugment or color jitter (uint8) -> normalise ->
+random erasing. Mixup / CutMix act on whole batches inside the jitted train
+step (swin_jax/train/tasks.py), not here.
 """
 
 from __future__ import annotations
@@ -56,6 +75,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from swin_jax.data import augment as augment_lib
 from swin_jax.data import digits as digits_lib
 from swin_jax.data import digits_detection as detection_lib
 
@@ -80,7 +100,12 @@ EMBEDDED_DATASETS = {
 }
 # Source pixels by which the 'digits' augmentation may translate the image.
 DIGITS_MAX_SHIFT = 1  # of 8 source pixels; 2 shifts a quarter of the digit away
-CENTER_CROP_FRACTION = 0.875
+CENTER_CROP_FRACTION = 0.875  # timm DEFAULT_CROP_PCT; 224 / 256
+# Stream ids folded into an example's seed, one per random op, so that adding
+# an op never changes the draws of the others (existing runs stay identical).
+_RAND_AUGMENT_STREAM = 1
+_COLOR_JITTER_STREAM = 2
+_RANDOM_ERASING_STREAM = 3
 _REQUIRED = object()
 
 
@@ -306,6 +331,10 @@ def center_crop(image: tf.Tensor, size: int,
                 fraction: float = CENTER_CROP_FRACTION) -> tf.Tensor:
   """Resizes the shorter side to size / fraction, then central size x size crop.
 
+  The shorter side becomes floor(size / fraction), as timm's
+  transforms_imagenet_eval and the official Swin / DeiT eval transforms
+  (int(256 / 224 * size)): 256 for 224, 438 for 384.
+
   Args:
     image: uint8 [h, w, 3].
     size: output resolution.
@@ -317,7 +346,7 @@ def center_crop(image: tf.Tensor, size: int,
   shape = tf.shape(image)
   h = tf.cast(shape[0], tf.float32)
   w = tf.cast(shape[1], tf.float32)
-  short = tf.cast(tf.round(size / fraction), tf.float32)
+  short = float(math.floor(size / fraction + 1e-9))  # 224 / 0.875 = 256 exactly
   scale = short / tf.minimum(h, w)
   new_h = tf.maximum(tf.cast(tf.round(h * scale), tf.int32), size)
   new_w = tf.maximum(tf.cast(tf.round(w * scale), tf.int32), size)
@@ -329,10 +358,33 @@ def center_crop(image: tf.Tensor, size: int,
   return tf.ensure_shape(image, [size, size, 3])
 
 
+def fill_color(mean: Sequence[float]) -> Tuple[int, ...]:
+  """RandAugment's geometric fill: round(255 * mean), as timm's img_mean."""
+  return tuple(min(255, round(255 * m)) for m in mean)
+
+
 def preprocess_train(image: tf.Tensor, seed: tf.Tensor, *, size: int,
                      augment: str, mean: Sequence[float],
-                     std: Sequence[float]) -> tf.Tensor:
-  """uint8 [h, w, 3] -> augmented, normalised float32 [size, size, 3]."""
+                     std: Sequence[float],
+                     rand_augment: Optional[Dict[str, Any]] = None,
+                     color_jitter: float = 0.0,
+                     random_erasing: float = 0.0) -> tf.Tensor:
+  """uint8 [h, w, 3] -> augmented, normalised float32 [size, size, 3].
+
+  Args:
+    image: uint8 [h, w, 3].
+    seed: int [2] stateless seed of this example.
+    size: output resolution.
+    augment: the geometric augment, one of TRAIN_AUGMENTS.
+    mean, std: per-channel normalisation, 0..1 units.
+    rand_augment: kwargs of `augment.rand_augment` (parse_rand_augment of
+      config.input.rand_augment), or None for none.
+    color_jitter: torchvision ColorJitter strength, 0 = off.
+    random_erasing: probability of timm's RandomErasing ('pixel'), 0 = off.
+
+  Returns:
+    float32 [size, size, 3], normalised.
+  """
   if augment == 'digits':
     image = resize(random_translate(image, seed), size)
   elif augment == 'inception_crop':
@@ -341,7 +393,23 @@ def preprocess_train(image: tf.Tensor, seed: tf.Tensor, *, size: int,
     image = resize(image, size)
   else:
     _check_choice(augment, 'train_augment', TRAIN_AUGMENTS)
-  return normalize(image, mean, std)
+  fold = tf.random.experimental.stateless_fold_in
+  seed = tf.cast(seed, tf.int64)
+  if rand_augment is not None:
+    # timm runs its ops on the PIL crop: uint8; bilinear stands in for the
+    # bicubic resampling of the official runs (train_interpolation 'bicubic').
+    image = augment_lib.rand_augment(
+        image, fold(seed, _RAND_AUGMENT_STREAM), fill=fill_color(mean),
+        interpolation='bilinear', **rand_augment)
+  if color_jitter:
+    image = augment_lib.color_jitter(image, fold(seed, _COLOR_JITTER_STREAM),
+                                     color_jitter)
+  image = normalize(image, mean, std)
+  if random_erasing:
+    image = augment_lib.random_erasing(
+        image, fold(seed, _RANDOM_ERASING_STREAM), prob=random_erasing,
+        mode='pixel')
+  return image
 
 
 def preprocess_eval(image: tf.Tensor, *, size: int, eval_resize: str,
@@ -391,6 +459,55 @@ def _decode(example: Dict[str, tf.Tensor],
   return out
 
 
+def _augment_options(input_cfg: Any) -> Dict[str, Any]:
+  """The checked per-example options of the train augmentation.
+
+  Returns:
+    kwargs of `preprocess_train`: rand_augment, color_jitter, random_erasing.
+  """
+  ra_string = _cfg(input_cfg, 'rand_augment', '') or ''
+  rand_augment = None
+  if ra_string:
+    try:
+      rand_augment = augment_lib.parse_rand_augment(str(ra_string))
+    except ValueError as e:
+      raise ValueError(
+          f'config.input.rand_augment={ra_string!r}: {e} Use a timm '
+          f"RandAugment string such as 'rand-m9-mstd0.5-inc1', or '' for "
+          f'none.') from None
+  jitter = float(_cfg(input_cfg, 'color_jitter', 0.0) or 0.0)
+  if jitter < 0:
+    raise ValueError(f'config.input.color_jitter={jitter} must be >= 0 '
+                     f'(0 = off; 0.4 is timm\'s default strength).')
+  if jitter and rand_augment is not None:
+    raise ValueError(
+        f'config.input.color_jitter={jitter} with config.input.rand_augment='
+        f'{ra_string!r}: timm\'s create_transform disables color jitter '
+        f'whenever RandAugment is on (the official Swin / DeiT / Shunted runs '
+        f'pass 0.4 / 0.3 / 0.4 and never apply it). Set '
+        f'config.input.color_jitter=0 to train as they do, or '
+        f"config.input.rand_augment='' to jitter colours instead.")
+  erase = float(_cfg(input_cfg, 'random_erasing', 0.0) or 0.0)
+  if not 0.0 <= erase <= 1.0:
+    raise ValueError(f'config.input.random_erasing={erase} is a probability: '
+                     f'use a value in [0, 1] (0 = off; 0.25 in Swin / DeiT).')
+  return dict(rand_augment=rand_augment, color_jitter=jitter,
+              random_erasing=erase)
+
+
+def _repeats(input_cfg: Any) -> int:
+  """config.input.repeated_augmentation checked: an int k >= 1."""
+  value = _cfg(input_cfg, 'repeated_augmentation', 1)
+  if value is None:
+    return 1
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (
+      value >= 1):
+    return int(value)
+  raise ValueError(
+      f'config.input.repeated_augmentation={value!r} must be an integer >= 1 '
+      f'(1 = off; DeiT and Shunted use 3).')
+
+
 def _common(input_cfg: Any) -> Dict[str, Any]:
   size = int(_cfg(input_cfg, 'image_size'))
   if size <= 0:
@@ -427,6 +544,8 @@ def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
   augment = _check_choice(_cfg(input_cfg, 'train_augment', 'none'),
                           'train_augment', TRAIN_AUGMENTS)
   common = _common(input_cfg)
+  options = _augment_options(input_cfg)
+  repeats = _repeats(input_cfg)
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0.')
   if not 0 <= process_index < process_count:
@@ -449,6 +568,14 @@ def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
   if buffer > 1:
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.repeat()
+  if repeats > 1:
+    # Repeated augmentation (DeiT's RASampler): k consecutive copies, so they
+    # share a global batch as the copies RASampler sends to k devices do; each
+    # copy gets its own index i below, hence its own augmentation. RASampler
+    # also cuts its epochs to len(dataset) samples: this stream simply flows
+    # on, so every example is seen k times per k epochs.
+    ds = ds.flat_map(
+        lambda x: tf.data.Dataset.from_tensors(x).repeat(repeats))
   ds = ds.enumerate()  # Element index i within this process's stream.
   ds = ds.skip(int(start_step) * batch_size)
   base_seed = tf.constant([seed, process_index], tf.int64)
@@ -459,7 +586,7 @@ def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
     elem_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
     out = {
         'image': preprocess_train(example['image'], elem_seed,
-                                  augment=augment, **common),
+                                  augment=augment, **common, **options),
         'label': example['label'],
     }
     out.update({k: example[k] for k in keep})

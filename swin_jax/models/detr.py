@@ -394,6 +394,27 @@ class DETR(nn.Module):
     return out
 
 
+def backbone_variables_from_classifier(variables: Dict[str, Any]) -> Dict[str, Any]:
+  """A classifier's variables -> DETR's ``backbone_0/body`` (its head left out).
+
+  ``variables``: {'params', ...collections} of a swin_jax classification checkpoint: a
+  ``resnet50``-family model (its ``body``) or a Swin (every top-level module but ``head``),
+  as DETR builds its backbone from the same modules. Returns the same collections with
+  each tree under ``backbone_0/body``; merged into a fresh DETR by ``config.init_from``
+  (the DETR paper's start: an ImageNet-trained backbone, a fresh transformer).
+  """
+  out = {}
+  for col, tree in variables.items():
+    tree = dict(tree or {})
+    if 'body' in tree and 'conv1' in tree['body']:  # ResNet classifier
+      body = tree['body']
+    else:
+      body = {k: v for k, v in tree.items() if k not in ('head', 'fc')}
+    if body:
+      out[col] = {'backbone_0': {'body': body}}
+  return out
+
+
 def trainable_mask(params, train_backbone: bool = True, freeze_stem: bool = True):
   """Pytree of bools like ``params``: False for leaves the official DETR never trains.
 

@@ -15,7 +15,7 @@ _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: Dict[str, str] = {}
 # Modules that define models; imported on first use of the registry.
 _FAMILY_MODULES = ('swin_jax.models.vit', 'swin_jax.models.swin', 'swin_jax.models.shunted',
-                   'swin_jax.models.detr')
+                   'swin_jax.models.resnet', 'swin_jax.models.detr')
 
 
 def register_model(name: str, family: str):

@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from swin_jax.models.registry import register_model
+
 Dtype = Any
 
 RESNET_DEPTHS = {'resnet50': (3, 4, 6, 3), 'resnet101': (3, 4, 23, 3)}
@@ -148,3 +150,36 @@ class ResNetBody(nn.Module):
       if i == 0 and self.freeze_stem:
         x = jax.lax.stop_gradient(x)
     return x
+
+
+class ResNet(nn.Module):
+  """torchvision's ResNet-50 / 101 classifier: ResNetBody, global average pool, ``fc``.
+
+  The body's params sit under ``body`` with DETR's backbone names, so a classification
+  workdir initialises a DETR backbone (``config.init_from``, or ``config.pretrain``: the
+  ImageNet-then-COCO recipe of the DETR paper, at any scale). Normalisation: 'frozen'
+  (torchvision's eval-mode BatchNorm statistics, in the ``'frozen'`` collection) or 'group'
+  (a body trained from scratch, e.g. the embedded-digits demo).
+  """
+  num_classes: int = 1000
+  depths: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  norm: str = 'frozen'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """x: [B, H, W, 3] normalised -> logits [B, num_classes] (pooled features [B, C] when
+    num_classes is 0). ``train`` is accepted for the trainer; nothing here depends on it."""
+    del train
+    feats = ResNetBody(tuple(self.depths), False, False, self.dtype, self.width, self.norm,
+                       name='body')(x)
+    feats = jnp.mean(feats.astype(jnp.float32), axis=(1, 2))  # [B, C]
+    if not self.num_classes:
+      return feats
+    return nn.Dense(self.num_classes, name='fc')(feats)
+
+
+for _name, _depths in RESNET_DEPTHS.items():
+  register_model(_name, family='resnet')(
+      lambda _depths=_depths, **kw: ResNet(**{'depths': _depths, **kw}))

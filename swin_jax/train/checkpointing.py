@@ -4,12 +4,20 @@ Layout: ``<workdir>/checkpoints/<step>/{state,meta}``. ``meta`` records the mode
 the shapes of its params, so resuming a workdir that holds another model fails with a clear
 message before anything is written. Orbax finalises a step directory atomically, so a run
 killed mid-save leaves the previous checkpoint intact and the partial one is ignored.
+
+Workdirs may be local or remote (``gs://bucket/run``): every workdir access in the trainer
+goes through the path helpers below (``etils.epath``, which reaches GCS through
+``tf.io.gfile``); Orbax takes gs:// directories as they are. Local paths are made absolute;
+remote ones are never passed to ``os.path.abspath`` or ``os.makedirs``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Optional
+import tempfile
+from typing import IO, Any, Iterator, Optional
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -17,6 +25,57 @@ import orbax.checkpoint as ocp
 
 class CheckpointMismatchError(ValueError):
   """The workdir's checkpoint does not belong to the configured model."""
+
+
+# ------------------------------------------------------------------ paths (local or gs://)
+def is_remote(path) -> bool:
+  """True for a URL-like path (``gs://bucket/run``, ``s3://...``), False for a local one."""
+  return '://' in os.fspath(path)
+
+
+def resolve_path(path, expanduser: bool = False) -> str:
+  """The path as the trainer keeps it: local paths absolute (``~`` expanded if asked),
+  remote ones (gs://) unchanged, since ``os.path.abspath('gs://b/x')`` is '<cwd>/gs:/b/x'."""
+  path = os.fspath(path)
+  if is_remote(path):
+    return path
+  return os.path.abspath(os.path.expanduser(path) if expanduser else path)
+
+
+def as_path(path) -> epath.Path:
+  """``etils.epath.Path`` of a local or remote path: exists / is_dir / read_text / mkdir /
+  rename work on both (tests replace this function to map gs:// onto a local dir)."""
+  return epath.Path(path)
+
+
+def makedirs(path) -> None:
+  """``os.makedirs(path, exist_ok=True)`` for local and remote paths (on GCS a directory
+  is only a name prefix; creating it is harmless and idempotent across hosts)."""
+  as_path(path).mkdir(parents=True, exist_ok=True)
+
+
+def open_file(path, mode: str = 'r') -> IO:
+  """A file object that stays open (metrics.jsonl, TensorBoard events): the builtin
+  ``open`` for local paths, ``tf.io.gfile.GFile`` for remote ones (epath's remote ``open``
+  is a context manager only). On GCS each ``flush()`` uploads the whole file, and 'a' mode
+  rewrites the object with the appended lines: fine for logs of a few MB."""
+  if not is_remote(path):
+    return open(path, mode)  # pylint: disable=unspecified-encoding
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile.GFile(os.fspath(path), mode)
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+  """Yields a local path with the file's contents: ``path`` itself when local, a temporary
+  copy (removed afterwards) when remote, for readers that need a real file (torch.load)."""
+  if not is_remote(path):
+    yield path
+    return
+  with tempfile.TemporaryDirectory(prefix='swin_jax_') as tmp:
+    dst = os.path.join(tmp, os.path.basename(os.fspath(path).rstrip('/')))
+    as_path(path).copy(dst)
+    yield dst
 
 
 def _shapes(tree) -> dict:
@@ -47,7 +106,7 @@ class Checkpointer:
   """A thin wrapper around ocp.CheckpointManager for the train state."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = os.path.join(resolve_path(workdir), 'checkpoints')  # gs:// as is
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -117,23 +176,29 @@ def load_variables_for_init(path: str, model_name: str, variables_like: dict,
   Returns (variables, skipped): the collections of ``variables_like``, each merged with the
   source's where paths and shapes match; skipped lists the 'params' leaves kept fresh.
   """
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
+  path = resolve_path(path, expanduser=True)
+  if not as_path(path).exists():
     raise FileNotFoundError(f'config.init_from={path} does not exist: give a workdir, an '
                             f'Orbax step directory, or a .pth/.safetensors/.npz file.')
-  if os.path.isfile(path):
+  if not as_path(path).is_dir():  # a file: the converters read a local copy of a gs:// one
     from swin_jax import convert  # pylint: disable=g-import-not-at-top
     load = convert.load_vit_npz if path.endswith('.npz') else convert.load_torch_checkpoint
     kw = dict(model_overrides or {})
-    try:
-      loaded = load(model_name, path, **kw)
-    except ValueError as e:
-      if 'drop_head' not in str(e):
-        raise
-      # Another number of classes: fine-tuning keeps the model's freshly initialised head.
-      loaded = load(model_name, path, drop_head=True, **kw)
+    with local_copy(path) as local:
+      try:
+        loaded = load(model_name, local, **kw)
+      except ValueError as e:
+        if 'drop_head' not in str(e):
+          raise
+        # Another number of classes: fine-tuning keeps the model's freshly initialised head.
+        loaded = load(model_name, local, drop_head=True, **kw)
   else:
     loaded = _restore_orbax_variables(path)
+    if 'backbone_0' not in loaded['params']:
+      from swin_jax.models.registry import model_family  # pylint: disable=g-import-not-at-top
+      if model_family(model_name) == 'detr':  # a classification workdir -> the backbone
+        from swin_jax.models import detr  # pylint: disable=g-import-not-at-top
+        loaded = detr.backbone_variables_from_classifier(loaded)
   adapt = None
   if model is not None:
     from swin_jax import convert  # pylint: disable=g-import-not-at-top
@@ -152,7 +217,7 @@ def _restore_orbax_variables(path: str):
   """{'params', **model_state} of an Orbax workdir / checkpoints dir / step dir."""
   candidates = [path, os.path.join(path, 'checkpoints')]
   for d in candidates:
-    if os.path.isdir(os.path.join(d, 'state')):  # a step directory
+    if as_path(os.path.join(d, 'state')).is_dir():  # a step directory
       ckptr = ocp.StandardCheckpointer()
       state = ckptr.restore(os.path.join(d, 'state'))
       return {'params': state['params'], **(state.get('model_state') or {})}
@@ -201,8 +266,8 @@ def load_variables(workdir: str, step: Optional[int] = None, use_ema: bool = Tru
 
   Returns (variables, step).
   """
-  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'checkpoints')
-  if not os.path.isdir(directory):
+  directory = os.path.join(resolve_path(workdir, expanduser=True), 'checkpoints')
+  if not as_path(directory).is_dir():
     raise FileNotFoundError(f'--workdir={workdir} holds no checkpoints/ directory: train there '
                             f'first (python -m swin_jax.main --config=... --workdir={workdir}).')
   mngr = ocp.CheckpointManager(directory, item_names=('state', 'meta'),

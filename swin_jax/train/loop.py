@@ -64,28 +64,49 @@ def trainable_from_config(config):
 
 
 def save_config(config, workdir: str):
-  """Writes the resolved config to <workdir>/config.json; a different old one is kept aside."""
-  path = os.path.join(workdir, 'config.json')
+  """Writes the resolved config to <workdir>/config.json; a different old one is kept aside.
+
+  workdir may be local or remote (gs://), through checkpointing.as_path."""
+  path = checkpointing.as_path(os.path.join(workdir, 'config.json'))
   text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
-    os.rename(path, os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'))
-  with open(path, 'w') as f:
-    f.write(text)
+  if path.exists():
+    if path.read_text() == text:
+      return
+    path.rename(checkpointing.as_path(
+        os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json')))
+  path.write_text(text)
+
+
+class _RemoteEventFiles:
+  """tensorboardX writer factory for remote logdirs (gs://) through tf.io.gfile
+  (checkpointing.open_file). tensorboardX's own gs:// writer needs google-cloud-storage,
+  which this package does not install; with this one TensorBoard events of a remote workdir
+  go straight to <workdir>/tensorboard (``tensorboard --logdir gs://bucket/run``)."""
+
+  def open(self, path):
+    return checkpointing.open_file(path, 'wb')
+
+  def directory_check(self, path):
+    checkpointing.makedirs(path)
 
 
 class MetricWriter:
-  """metrics.jsonl (one JSON object per line) + TensorBoard event files, process 0 only."""
+  """metrics.jsonl (one JSON object per line) + TensorBoard event files, process 0 only.
+
+  Local or remote (gs://) workdirs: remote files are written with tf.io.gfile, each flush
+  (every log step) uploading the file again."""
 
   def __init__(self, workdir: str, enabled: bool):
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    tb_dir = os.path.join(workdir, 'tensorboard')
+    if checkpointing.is_remote(tb_dir):
+      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+      record_writer.register_writer_factory(tb_dir.split(':', 1)[0], _RemoteEventFiles())
+    self._jsonl = checkpointing.open_file(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._tb = SummaryWriter(tb_dir)
 
   def write(self, step: int, split: str, metrics: Dict[str, float]):
     if not self.enabled:
@@ -130,9 +151,9 @@ class Trainer:
   def __init__(self, config, workdir: str):
     shd.maybe_initialize_distributed(config)
     self.config = config
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = checkpointing.resolve_path(workdir)  # local: absolute; gs://: as is
     self.is_main = jax.process_index() == 0
-    os.makedirs(self.workdir, exist_ok=True)
+    checkpointing.makedirs(self.workdir)
     self.model = model_from_config(config)
     self.model_overrides = model_overrides(config)
     self.task = task_from_config(config)
@@ -177,20 +198,38 @@ class Trainer:
       log.info('Resumed from %s at step %d.', self.ckpt.directory, latest)
       return state
     state = jax.jit(self._create, out_shardings=self.state_sharding)()
-    if self.config.get('init_from'):
+    init_from = self.config.get('init_from')
+    if not init_from and self.config.get('pretrain'):
+      init_from = self.pretrain()
+    if init_from:
       variables, skipped = checkpointing.load_variables_for_init(
-          self.config.init_from, self.config.model.name,
+          init_from, self.config.model.name,
           jax.device_get({'params': state.params, **state.model_state}),
           model_overrides=self.model_overrides, model=self.model)
-      params = jax.device_put(variables.pop('params'), self.state_sharding.params)
+      params, reset = optimizers.finetune_head(  # config.finetune.new_head / freeze='head'
+          self.config, variables.pop('params'), jax.device_get(state.params), skipped)
+      params = jax.device_put(params, self.state_sharding.params)
       model_state = jax.device_put(variables, self.state_sharding.model_state)
       state = state.replace(params=params, model_state=model_state, opt_state=jax.jit(
           self.tx.init, out_shardings=self.state_sharding.opt_state)(params))
       if self.use_ema:
         state = state.replace(ema_params=jax.tree.map(jnp.copy, params))
-      log.info('Initialised weights from %s (kept fresh: %s).', self.config.init_from,
-               skipped or 'none')
+      log.info('Initialised weights from %s (kept fresh: %s).', init_from,
+               (skipped + reset) or 'none')
     return state
+
+  def pretrain(self) -> str:
+    """Runs ``config.pretrain`` (a whole config of its own, e.g. a classifier of the
+    detector's backbone) in <workdir>/pretrain and returns that directory, which then
+    initialises this run as ``config.init_from`` would. Resumes there if interrupted."""
+    pre_dir = os.path.join(self.workdir, 'pretrain')
+    log.info('config.pretrain: training %s in %s before this run starts.',
+             self.config.pretrain.model.name, pre_dir)
+    pre = self.config.pretrain.copy_and_resolve_references()
+    with pre.unlocked():  # how to show progress is the caller's choice, not the recipe's
+      pre.progress_bar = self.config.get('progress_bar', True)
+    train_and_evaluate(pre, pre_dir, skip_finished=True)
+    return pre_dir
 
   # ---------------------------------------------------------------- eval
   def evaluate(self, state, split: Optional[str] = None) -> Dict[str, float]:
@@ -303,9 +342,13 @@ class Trainer:
       writer.close()
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir: str, skip_finished: bool = False) -> Dict[str, Any]:
+  """Trains (resuming from the workdir) and evaluates. skip_finished: a workdir whose run
+  already reached its last step is left as it is ({'step': ..., 'skipped': True})."""
   trainer = Trainer(config, workdir)
   try:
+    if skip_finished and (trainer.ckpt.latest_step() or 0) >= trainer.total_steps:
+      return {'step': trainer.ckpt.latest_step(), 'skipped': True}
     return trainer.train()
   finally:
     trainer.ckpt.close()

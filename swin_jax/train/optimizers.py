@@ -8,6 +8,12 @@ config.optimizer: name ('adamw' | 'sgd'), lr (peak), b1, b2, eps, momentum (sgd)
     DETR: (('^backbone_0/', 0.1),) gives the backbone 1e-5 next to 1e-4.
   frozen: (regex, ...): parameters that get no update at all (no decay either), in addition
     to the model's own frozen ones (DETR's stem + layer1, ``detr.trainable_mask``).
+  layer_decay: 0 or 1 = off; d < 1 trains layer l of L at lr x d ** (L + 1 - l) (BEiT /
+    SimMIM / Swin-V2 fine-tuning): ``layer_id`` numbers embeddings 0, blocks 1..L, the final
+    norm and head L + 1. Multiplies with lr_mults.
+config.finetune: new_head (re-initialise the classifier head after config.init_from loads
+  it, e.g. another label set with the same number of classes), freeze ('' | 'backbone':
+  train only the head, a linear probe | 'head': keep the loaded head as it is).
 config.schedule: name ('cosine' | 'linear' | 'step' | 'constant'), warmup_steps or
   warmup_epochs, min_lr (end value for cosine/linear), warmup_init_lr,
   decay_epochs / decay_steps (boundaries for 'step'), decay_rate (factor at each boundary).
@@ -15,7 +21,7 @@ config.schedule: name ('cosine' | 'linear' | 'step' | 'constant'), warmup_steps 
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -141,13 +147,216 @@ def _check_lr_mults(mults):
   return tuple(out)
 
 
+# ---------------------------------------------------------------- layer-wise lr decay
+LAYER_DECAY_FAMILIES = ('vit', 'swin', 'shunted')
+# Parameters of the embedding (layer 0) in every family.
+_EMBED_RE = re.compile(r'^(patch_embed\d*|cls_token|dist_token|reg_token|pos_embed|'
+                       r'absolute_pos_embed|mask_token)(/|$)')
+
+
+def _first(pattern: str, name: str):
+  m = re.match(pattern, name)
+  return tuple(int(g) for g in m.groups()) if m else None
+
+
+def layer_id(family: str, name: str, depths: Sequence[int]) -> int:
+  """Layer index of parameter ``name`` ('blocks_3/attn/qkv/kernel') for layer-wise lr decay.
+
+  L = sum(depths) blocks. Embeddings are layer 0, block b (counted over all stages) is b + 1,
+  the final norm and the head L + 1:
+    vit:     patch_embed, cls/dist/reg tokens, pos_embed -> 0; blocks_i -> i + 1 (BEiT, timm
+             ``param_groups_layer_decay`` with the ViT group_matcher).
+    swin:    patch_embed -> 0; layers_s/blocks_j -> sum(depths[:s]) + j + 1; layers_s's
+             PatchMerging (downsample, at the stage's end) -> sum(depths[:s + 1]), its last
+             block's (the official ``optimizer.get_swin_layer`` of SimMIM fine-tuning).
+    shunted: patch_embed1 (conv stem) -> 0; block{s}_j -> sum(depths[:s-1]) + j + 1;
+             patch_embed{s} (s > 1, the downsampling before stage s) and norm{s-1} ->
+             sum(depths[:s-1]), the previous stage's last block (as Swin's merging); the
+             last stage's norm (the final norm) and the head -> L + 1.
+  """
+  depths = [int(d) for d in depths]
+  last = sum(depths) + 1
+  starts = [sum(depths[:s]) for s in range(len(depths) + 1)]
+  if _EMBED_RE.match(name) and not (family == 'shunted' and name.startswith('patch_embed')):
+    return 0
+  if family == 'vit':
+    m = _first(r'^blocks_(\d+)/', name)
+    return m[0] + 1 if m else last
+  if family == 'swin':
+    m = _first(r'^layers_(\d+)/blocks_(\d+)/', name)
+    if m:
+      return starts[m[0]] + m[1] + 1
+    m = _first(r'^layers_(\d+)/downsample/', name)
+    return starts[m[0] + 1] if m else last
+  if family == 'shunted':
+    m = _first(r'^patch_embed(\d+)/', name)
+    if m:
+      return 0 if m[0] == 1 else starts[m[0] - 1]
+    m = _first(r'^block(\d+)_(\d+)/', name)
+    if m:
+      return starts[m[0] - 1] + m[1] + 1
+    m = _first(r'^norm(\d+)/', name)
+    if m and m[0] < len(depths):
+      return starts[m[0]]
+    return last
+  raise ValueError(f'layer-wise lr decay knows the families {list(LAYER_DECAY_FAMILIES)}, '
+                   f'not {family!r}')
+
+
+def model_depths(config) -> Tuple[str, Tuple[int, ...]]:
+  """(family, blocks per stage) of config.model, read off the module's fields (no init)."""
+  from swin_jax.models import create_model, model_family  # pylint: disable=g-import-not-at-top
+  name = config.model.name
+  family = model_family(name)
+  if family not in LAYER_DECAY_FAMILIES:
+    return family, ()
+  overrides = {k: v for k, v in config.model.to_dict().items()
+               if k not in ('name', 'dtype') and v is not None}
+  model = create_model(name, **overrides)
+  depths = (model.depth,) if family == 'vit' else tuple(model.depths)
+  return family, tuple(int(d) for d in depths)
+
+
+def _layer_mult(family: str, depths: Sequence[int], decay: float, path) -> float:
+  top = sum(int(d) for d in depths) + 1
+  return float(decay) ** (top - layer_id(family, _path_str(path), depths))
+
+
+def layer_decay_mults(family: str, depths: Sequence[int], decay: float, params):
+  """Pytree like ``params`` of each leaf's lr multiplier decay ** (L + 1 - layer_id)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: _layer_mult(family, depths, decay, p), params)
+
+
+def scale_by_layer_decay(family: str, depths: Sequence[int],
+                         decay: float) -> optax.GradientTransformation:
+  """Multiplies each update by its ``layer_decay_mults`` entry (Python floats fixed at trace
+  time, like ``scale_by_path``); stateless."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda p, u: u * _layer_mult(family, depths, decay, p), updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _layer_decay(config):
+  """config.optimizer.layer_decay checked -> (family, depths, decay) or None when off."""
+  decay = config.optimizer.get('layer_decay', 0.0)
+  try:
+    decay = float(decay or 0.0)
+  except (TypeError, ValueError):
+    raise ValueError(f'config.optimizer.layer_decay={decay!r} must be a number in (0, 1] '
+                     f'(0 or 1 = off; e.g. 0.75).') from None
+  if decay in (0.0, 1.0):
+    return None
+  if not 0.0 < decay < 1.0:
+    raise ValueError(f'config.optimizer.layer_decay={decay} must be in (0, 1] (0 or 1 = off; '
+                     f'BEiT fine-tunes ViT-B with 0.65, SimMIM Swin-B with 0.8).')
+  if not config.get('model') or not config.model.get('name'):
+    raise ValueError('config.optimizer.layer_decay needs config.model.name to number layers.')
+  family, depths = model_depths(config)
+  if family not in LAYER_DECAY_FAMILIES:
+    raise ValueError(f'config.optimizer.layer_decay={decay}: config.model.name='
+                     f'{config.model.name!r} is a {family} model; layer-wise decay is defined '
+                     f'for {list(LAYER_DECAY_FAMILIES)}. Set config.optimizer.layer_decay=0 '
+                     f'(or use config.optimizer.lr_mults).')
+  return family, depths, decay
+
+
+# ---------------------------------------------------------------- fine-tuning switches
+# The classifier head's top-level parameter name per family (a Dense: kernel, bias).
+HEAD_NAMES = {'vit': 'head', 'swin': 'head', 'shunted': 'head', 'resnet': 'fc'}
+FREEZE_CHOICES = ('', 'backbone', 'head')
+
+
+def head_name(model_name: str) -> str:
+  """The classifier head's parameter name of ``model_name``'s family ('head', 'fc')."""
+  from swin_jax.models import model_family  # pylint: disable=g-import-not-at-top
+  family = model_family(model_name)
+  if family not in HEAD_NAMES:
+    raise ValueError(f'config.finetune: config.model.name={model_name!r} ({family}) has no '
+                     f'classifier head to switch; config.finetune applies to '
+                     f'{sorted(HEAD_NAMES)} models. Use config.optimizer.frozen regexes.')
+  return HEAD_NAMES[family]
+
+
+def finetune_options(config) -> Tuple[bool, str]:
+  """config.finetune checked -> (new_head, freeze)."""
+  ft = config.get('finetune') or {}
+  new_head = bool(ft.get('new_head', False))
+  freeze = ft.get('freeze', '') or ''
+  if freeze not in FREEZE_CHOICES:
+    raise ValueError(f'config.finetune.freeze={freeze!r}: use one of {list(FREEZE_CHOICES)} '
+                     f"('backbone' trains only the head: a linear probe; 'head' keeps the "
+                     f'loaded head fixed).')
+  if new_head and freeze == 'head':
+    raise ValueError("config.finetune.new_head=True with config.finetune.freeze='head' would "
+                     'freeze a freshly initialised head: drop one of the two.')
+  return new_head, freeze
+
+
+def finetune_frozen_patterns(config) -> Tuple[str, ...]:
+  """Regexes that config.finetune.freeze adds to config.optimizer.frozen."""
+  _, freeze = finetune_options(config)
+  if not freeze:
+    return ()
+  head = re.escape(head_name(config.model.name))
+  return (f'^(?!{head}/)',) if freeze == 'backbone' else (f'^{head}/',)
+
+
+def finetune_head(config, loaded_params, fresh_params, skipped: Sequence[str] = ()):
+  """Applies config.finetune to params just loaded by config.init_from.
+
+  Args:
+    config: the run's config.
+    loaded_params: params after loading the checkpoint (numpy or jax pytree).
+    fresh_params: the model's fresh initialisation, the same structure.
+    skipped: keystr paths the loader kept fresh (e.g. a head of another class count).
+
+  Returns:
+    (params, reset): with new_head, the head leaves are taken from ``fresh_params`` and
+    named in ``reset``; else ``loaded_params`` unchanged and reset = [].
+
+  Raises:
+    ValueError: freeze='head' but the checkpoint's head did not load (kept fresh).
+  """
+  new_head, freeze = finetune_options(config)
+  if not (new_head or freeze == 'head'):
+    return loaded_params, []
+  prefix = head_name(config.model.name) + '/'
+  is_head = lambda p: _path_str(p).startswith(prefix)
+  if freeze == 'head':
+    fresh = [jax.tree_util.keystr(p) for p, _ in
+             jax.tree_util.tree_flatten_with_path(fresh_params)[0] if is_head(p)]
+    if set(fresh) & set(skipped):
+      raise ValueError(f"config.finetune.freeze='head' but config.init_from's head did not "
+                       f'fit the model (kept fresh: {sorted(set(fresh) & set(skipped))}): '
+                       f"a frozen fresh head cannot learn. Use config.finetune.freeze='' or "
+                       f"'backbone', or a checkpoint with config.input.num_classes classes.")
+    return loaded_params, []
+  reset = []
+
+  def pick(p, loaded, fresh):
+    if is_head(p):
+      reset.append(jax.tree_util.keystr(p))
+      return fresh
+    return loaded
+  params = jax.tree_util.tree_map_with_path(pick, loaded_params, fresh_params)
+  if not reset:
+    raise ValueError(f'config.finetune.new_head=True but the model has no {prefix[:-1]!r} '
+                     f'parameters (config.model.num_classes=0?).')
+  return params, reset
+
+
 def make_optimizer(config, schedule: optax.Schedule,
                    trainable: Optional[Callable] = None) -> optax.GradientTransformation:
-  """Gradient clipping -> AdamW/SGD with the decay mask and the schedule -> lr multipliers.
+  """Gradient clipping -> AdamW/SGD with the decay mask and the schedule -> lr multipliers
+  (config.optimizer.lr_mults, then config.optimizer.layer_decay: they multiply).
 
   trainable: optional params -> pytree of bools (the model's own frozen leaves are False).
-  Frozen leaves (those and config.optimizer.frozen) get zero updates and no optimizer state;
-  gradient clipping sees only the trained leaves, as torch's clip over params with grads.
+  Frozen leaves (those, config.optimizer.frozen and config.finetune.freeze) get zero updates
+  and no optimizer state; gradient clipping sees only the trained leaves, as torch's clip
+  over params with grads.
   """
   o = config.optimizer
   chain = []
@@ -166,11 +375,15 @@ def make_optimizer(config, schedule: optax.Schedule,
   mults = _check_lr_mults(o.get('lr_mults', None) or ())
   if mults:
     chain.append(scale_by_path(mults))
+  layer_decay = _layer_decay(config)
+  if layer_decay:
+    chain.append(scale_by_layer_decay(*layer_decay))
   tx = optax.chain(*chain)
   frozen_patterns = o.get('frozen', None) or ()
   if isinstance(frozen_patterns, str):  # one pattern, not its characters
     frozen_patterns = (frozen_patterns,)
   _check_regexes(frozen_patterns, 'config.optimizer.frozen')
+  frozen_patterns = tuple(frozen_patterns) + finetune_frozen_patterns(config)
   frozen = path_matcher(frozen_patterns)
   if trainable is None and not frozen_patterns:
     return tx

@@ -50,7 +50,14 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
   With grad_accum_steps = k the global batch is split into k micro-batches (interleaved, so
   each stays spread over all devices); their gradients are averaged before one update, which
   equals one step on the whole batch for models without batch statistics.
+
+  Randomness is a pure function of the step (resume stays exact): rng = fold_in(base_rng,
+  step); micro-batch i's dropout key is fold_in(rng, i) (rng itself when k = 1), and a task
+  with ``train_batch(batch, rng)`` (classification: Mixup / CutMix) augments the whole
+  global batch with rng before it is split.
   """
+  prepare = getattr(task, 'train_batch', None)
+
   def loss_fn(params, model_state, micro, rng):
     variables = {'params': params, **model_state}
     kwargs = task.model_kwargs(micro)
@@ -67,6 +74,8 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(base_rng, state.step)
+    if prepare is not None:
+      batch = prepare(batch, rng)
     k = grad_accum_steps
     if k == 1:
       (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)

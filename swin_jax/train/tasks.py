@@ -4,13 +4,15 @@ A task has:
   train_iterator(config, start_step) / eval_iterator(config, split)   [host, numpy batches]
   init_inputs(config) -> (args, kwargs) of zeros for model.init
   model_kwargs(batch) -> extra keyword arguments of model.apply (e.g. the pixel mask)
+  train_batch(batch, rng) -> batch, optional: the whole global batch's on-device
+    augmentation before the forward pass (classification: Mixup / CutMix) [train step]
   loss(outputs, batch) -> (scalar loss, dict of scalar metrics)            [train step]
   eval_outputs(outputs, batch) -> pytree of arrays                          [eval step]
   evaluator(config, split) -> object with add(eval_outputs, batch) and result() -> dict
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +23,57 @@ LOGGED_DETECTION_METRICS = ('loss', 'loss_ce', 'loss_bbox', 'loss_giou', 'class_
                             'cardinality_error')
 
 
+# config.mixup fields -> their defaults (off: both alphas 0), timm Mixup's arguments.
+MIXUP_DEFAULTS = dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, prob=1.0,
+                      correct_lam=True)
+
+
+def mixup_options(mixup_cfg) -> Optional[Dict[str, Any]]:
+  """config.mixup -> checked keyword arguments of ``mixup.mixup_cutmix`` or None (off).
+
+  Mixing is on when mixup_alpha > 0 or cutmix_alpha > 0, timm's ``mixup_active``.
+  """
+  if not mixup_cfg:
+    return None
+  cfg = mixup_cfg.to_dict() if hasattr(mixup_cfg, 'to_dict') else dict(mixup_cfg)
+  unknown = sorted(set(cfg) - set(MIXUP_DEFAULTS))
+  if unknown:
+    raise ValueError(f'config.mixup has unknown field(s) {unknown}; the fields are '
+                     f'{sorted(MIXUP_DEFAULTS)} (label smoothing is config.label_smoothing).')
+  opts = dict(MIXUP_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None})
+  for k in ('mixup_alpha', 'cutmix_alpha'):
+    if float(opts[k]) < 0:
+      raise ValueError(f'config.mixup.{k}={opts[k]} must be >= 0 (0 = off; Swin / DeiT: '
+                       f'mixup_alpha 0.8, cutmix_alpha 1.0).')
+  for k in ('switch_prob', 'prob'):
+    if not 0.0 <= float(opts[k]) <= 1.0:
+      raise ValueError(f'config.mixup.{k}={opts[k]} is a probability: use a value in [0, 1].')
+  if float(opts['mixup_alpha']) <= 0 and float(opts['cutmix_alpha']) <= 0:
+    return None
+  return {k: (bool(v) if k == 'correct_lam' else float(v)) for k, v in opts.items()}
+
+
+# Folded into the step's rng for the Mixup / CutMix draws: far from the micro-batch indices
+# 0..k-1 that make the dropout keys, so dropout is the same with mixing on or off.
+MIX_RNG_STREAM = 0x6D6978  # 'mix'
+
+
 class ClassificationTask:
-  """Softmax cross-entropy with optional label smoothing; top-1 / top-5 accuracy."""
+  """Softmax cross-entropy with soft targets; top-1 / top-5 accuracy.
+
+  Targets: one-hot labels smoothed by ``label_smoothing`` (timm's LabelSmoothingCrossEntropy),
+  or, with Mixup / CutMix on (``mixup``: kwargs of ``mixup.mixup_cutmix``, see
+  ``mixup_options``), the mixed, smoothed soft targets that ``train_batch`` puts in
+  batch['target'] (timm's Mixup + SoftTargetCrossEntropy, the one smoothing applied once).
+  """
 
   name = 'classification'
 
-  def __init__(self, num_classes: int, label_smoothing: float = 0.0):
+  def __init__(self, num_classes: int, label_smoothing: float = 0.0,
+               mixup: Optional[Dict[str, Any]] = None):
     self.num_classes = num_classes
     self.label_smoothing = label_smoothing
+    self.mixup = mixup
 
   # ------------------------------------------------------------------ data
   def train_iterator(self, config, start_step: int):
@@ -53,9 +98,35 @@ class ClassificationTask:
     del batch
     return {}
 
+  # ------------------------------------------------------------------ train batch
+  def train_batch(self, batch, rng):
+    """Mixup / CutMix of the global batch (timm ``Mixup(mode='batch')``), when configured.
+
+    Args:
+      batch: {'image': float [B, H, W, 3], 'label': int [B], ...}, B the global batch.
+      rng: the step's PRNG key (a pure function of the step, so resuming stays exact).
+
+    Returns:
+      The batch unchanged when mixing is off; else with 'image' mixed and 'target'
+      float32 [B, classes] added: rows sum to 1, smoothed by ``label_smoothing``.
+    """
+    if self.mixup is None:
+      return batch
+    if batch['image'].shape[0] % 2:
+      raise ValueError(f'Mixup / CutMix pair example i with B - 1 - i and need an even batch: '
+                       f'got {batch["image"].shape[0]}. Use an even config.batch_size.')
+    from swin_jax.data import mixup as mixup_lib  # pylint: disable=g-import-not-at-top
+    images, targets = mixup_lib.mixup_cutmix(
+        jax.random.fold_in(rng, MIX_RNG_STREAM), batch['image'], batch['label'],
+        num_classes=self.num_classes, label_smoothing=self.label_smoothing, **self.mixup)
+    return dict(batch, image=images, target=targets)
+
   # ------------------------------------------------------------------ loss
   def targets(self, batch):
-    """One-hot (or already soft, e.g. mixup) targets [B, classes], smoothed as configured."""
+    """Soft targets [B, classes]: batch['target'] as given (Mixup's, already smoothed), else
+    the labels one-hot (or soft [B, classes] labels) smoothed by ``label_smoothing``."""
+    if 'target' in batch:
+      return batch['target'].astype(jnp.float32)
     labels = batch['label']
     if labels.ndim == 1:
       labels = jax.nn.one_hot(labels, self.num_classes, dtype=jnp.float32)
@@ -64,11 +135,20 @@ class ClassificationTask:
     return labels
 
   def loss(self, logits, batch):
+    """Mean soft-target cross-entropy -sum_k t_k log softmax(logits)_k, and the accuracy.
+
+    The accuracy is against the labels, or with Mixup / CutMix against the argmax of the
+    mixed targets: the class that contributes most of each mixed image.
+    """
     logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy(logits, self.targets(batch)).mean()
+    targets = self.targets(batch)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
     metrics = {'loss': loss}
-    if batch['label'].ndim == 1:
-      metrics['accuracy'] = (jnp.argmax(logits, -1) == batch['label']).mean()
+    if 'target' in batch or batch['label'].ndim == 2:
+      truth = jnp.argmax(targets, -1)
+    else:
+      truth = batch['label']
+    metrics['accuracy'] = (jnp.argmax(logits, -1) == truth).mean()
     return loss, metrics
 
   # ------------------------------------------------------------------ eval
@@ -226,7 +306,8 @@ def pad_hw(pad_size):
 def task_from_config(config):
   name = config.get('task', 'classification')
   if name == 'classification':
-    return ClassificationTask(config.input.num_classes, config.get('label_smoothing', 0.0))
+    return ClassificationTask(config.input.num_classes, config.get('label_smoothing', 0.0),
+                              mixup=mixup_options(config.get('mixup')))
   if name == 'detection':
     return DetectionTask(config)
   raise ValueError(f"config.task={name!r}: use 'classification' or 'detection'.")
