@@ -133,7 +133,8 @@ class _Preemption:
     self._old = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    # Several processes: JAX's own preemption notifier takes SIGTERM (_should_stop).
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -143,6 +144,20 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
+
+
+def _should_stop(step: int, preempt: _Preemption) -> bool:
+  """Whether to save and stop after ``step``. One process: on its own SIGTERM. Several
+  (a TPU pod): only when every host agrees on the step, through JAX's preemption sync
+  (jax.distributed's coordination service spreads the notice and picks the first step all
+  hosts can reach), so no host waits in a save the others never start."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    try:
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    except RuntimeError:  # preemption service unavailable: rely on periodic checkpoints
+      return False
+  return preempt.requested
 
 
 class Trainer:
@@ -301,7 +316,7 @@ class Trainer:
           if pending is not None:  # one step behind: the host never stalls the device
             consume(*pending)
           pending = (step, metrics)
-          stop = preempt.requested
+          stop = _should_stop(step, preempt)
           if step % every_ckpt == 0 or step == self.total_steps or stop:
             consume(*pending)  # never save a non-finite state
             pending = None
