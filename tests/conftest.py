@@ -23,6 +23,17 @@ def load_config(relpath: str, arg=None):
   return mod.get_config(arg) if arg is not None else mod.get_config()
 
 
+
+def set_fields(config, fields):
+  """Sets dotted config fields in place ({'model.dropout': 0.1, ...}), as --config.a.b=v."""
+  for k, v in fields.items():
+    node = config
+    *parents, leaf = k.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return config
+
 @pytest.fixture(scope='session')
 def tfds_dir(tmp_path_factory):
   """A tfds data dir with the embedded digits dataset prepared once per session."""

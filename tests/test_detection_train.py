@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, set_fields
 
 DEMO = 'configs/demo/detr_digits.py'
 STATS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
@@ -43,13 +43,7 @@ def _config(data_dir, **overrides):
   c.model.freeze_stem = True
   c.model.backbone_norm = 'frozen'
   c.num_prediction_images = 0
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return set_fields(c, overrides)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import load_config
+from conftest import load_config, set_fields
 from swin_jax.data import augment
 from swin_jax.data import input_pipeline as ip
 from swin_jax.models import create_model
@@ -466,13 +466,7 @@ def _quick(tfds_dir, **fields):
   c.progress_bar = False
   c.log_every_steps = 1
   c.checkpoint.keep = 10
-  for k, v in fields.items():
-    node = c
-    *parents, leaf = k.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return set_fields(c, fields)
 
 
 @pytest.fixture(scope='module')

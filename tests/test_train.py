@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, load_config, run_main
+from conftest import ROOT, load_config, run_main, set_fields
 
 DEMO = 'configs/demo/vit_digits.py'
 
@@ -22,13 +22,7 @@ def _quick(tfds_dir, **overrides):
   c = load_config(DEMO, 'quick')
   c.input.data_dir = tfds_dir
   c.progress_bar = False
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return set_fields(c, overrides)
 
 
 def _params_at(workdir, step):
