@@ -212,26 +212,40 @@ def test_stored_images_equal_a_fresh_render(examples, source):
                                     canvas['source_ids'])
 
 
-def test_deterministic_across_prepares(examples, tmp_path, monkeypatch):
-  """A second prepare, in another dir, writes identical canvases.
+def test_deterministic_across_prepares_and_builder_configs(examples, tmp_path, monkeypatch):
+  """Second prepares, in another dir, write identical canvases, in both builder configs.
 
-  Canvas i is a pure function of (split, i), so a prepare of only the first
-  30 canvases per split (a full one costs ~10 s) must reproduce, id for id,
-  those of the session's full dataset.
+  Canvas i is a pure function of (split, i), so a prepare of only the first canvases per
+  split (a full one costs ~10 s, 10k ~45 s) must reproduce, index for index, those of the
+  session's full dataset: in '2k' and in '10k' (whose first train canvases are 2k's and
+  whose test canvases are the same; only the test ids move past its train ids).
   """
-  monkeypatch.setattr(dd, 'SPLIT_SIZES', {'train': 30, 'test': 30})
-  again = prepare_embedded_detection(str(tmp_path))
-  assert again.info.splits['test'].num_examples == 30
-  for split, exs in examples.items():
-    full = {ex['image/id']: ex for ex in exs}
-    firsts = list(tfds.as_numpy(again.as_dataset(split=split)))
-    assert len(firsts) == 30
-    for b in firsts:
-      a = full[b['image/id']]
-      assert a['image/filename'] == b['image/filename']
-      np.testing.assert_array_equal(a['image'], b['image'])
-      for key in a['objects']:
-        np.testing.assert_array_equal(a['objects'][key], b['objects'][key])
+  monkeypatch.setattr(dd, 'TRAIN_SIZES', {'2k': 30, '10k': 40})
+  monkeypatch.setattr(dd, 'TEST_SIZE', 20)
+  full = {split: {ex['image/id'] - 1 - dd.IMAGE_ID_OFFSETS[split]: ex for ex in exs}
+          for split, exs in examples.items()}
+  for config, n_train in (('2k', 30), ('10k', 40)):
+    again = prepare_embedded_detection(str(tmp_path), config=config)
+    assert again.builder_config.name == config
+    assert again.info.splits['train'].num_examples == n_train
+    assert again.info.splits['test'].num_examples == 20
+    for split, offset in (('train', 0), ('test', n_train)):
+      firsts = list(tfds.as_numpy(again.as_dataset(split=split)))
+      assert sorted(b['image/id'] for b in firsts) == list(
+          range(offset + 1, offset + len(firsts) + 1))
+      for b in firsts:
+        index = b['image/id'] - 1 - offset
+        if index >= len(full[split]):
+          continue
+        a = full[split][index]
+        np.testing.assert_array_equal(a['image'], b['image'])
+        for key in a['objects']:
+          if key != 'id':  # object id = image id * 10 + j
+            np.testing.assert_array_equal(a['objects'][key], b['objects'][key])
+        np.testing.assert_array_equal(b['objects']['id'] // dd.OBJECT_ID_STRIDE,
+                                      b['image/id'])
+  with pytest.raises(ValueError, match=r"digits_detection/5k.*\['2k', '10k'\]"):
+    prepare_embedded_detection(str(tmp_path), config='5k')
 
 
 def test_get_builder_prepares_embedded_detection(detection_tfds_dir):
@@ -239,5 +253,12 @@ def test_get_builder_prepares_embedded_detection(detection_tfds_dir):
                               data_dir=detection_tfds_dir)
   builder = input_pipeline.get_builder(cfg)
   assert isinstance(builder, dd.DigitsDetection) and builder.is_prepared()
+  assert builder.builder_config.name == dd.DEFAULT_CONFIG == '2k'
+  assert builder.info.splits['train'].num_examples == 2000
+  cfg.dataset = 'digits_detection/2k'  # the same builder, named with its config
+  assert input_pipeline.get_builder(cfg).data_dir == builder.data_dir
+  cfg.dataset = 'sklearn_digits/10k'
+  with pytest.raises(ValueError, match='sklearn_digits has no builder configs'):
+    input_pipeline.get_builder(cfg)
   assert set(input_pipeline.EMBEDDED_DATASETS) >= {
       'sklearn_digits', 'digits_detection'}

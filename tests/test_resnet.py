@@ -148,3 +148,15 @@ def test_classifier_variables_map_onto_the_detr_backbone():
   got = jax.tree.map(lambda x: x.shape, mapped['params']['backbone_0'])
   assert got == want
   assert 'fc' not in str(jax.tree_util.tree_structure(mapped))
+
+
+@pytest.mark.parametrize('hw', [(40, 40), (41, 39), (1, 2), (7, 8)])
+def test_max_pool_equals_reduce_window(hw):
+  import flax.linen as nn
+  from swin_jax.models.resnet import max_pool_3x3_s2
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
+  ref = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  np.testing.assert_array_equal(max_pool_3x3_s2(x), ref)
+  g = jax.grad(lambda x: (max_pool_3x3_s2(x) ** 2).sum())(x)
+  g_ref = jax.grad(lambda x: (nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))) ** 2).sum())(x)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-6)

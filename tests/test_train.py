@@ -327,3 +327,15 @@ def test_shunted_batchnorm_stats_over_devices_checkpoint_resume_and_eval(tfds_di
   eval_logits = trainer.model.apply(variables, x, train=False)
   train_logits, _ = trainer.model.apply(variables, x, train=True, mutable=['batch_stats'])
   assert not np.allclose(eval_logits, train_logits, atol=1e-4)
+
+
+def test_summarize_paths_groups_fresh_leaves_by_module():
+  from swin_jax.train.loop import summarize_paths
+  paths = ["['transformer']['encoder']['layers_0']['norm1']['bias']",
+           "['class_embed']['kernel']", "['transformer']['decoder']['norm']['scale']",
+           "['class_embed']['bias']", "['query_embed']['embedding']"]
+  assert summarize_paths(paths) == ('transformer (2 arrays), class_embed (2 arrays), '
+                                    'query_embed (1 array)')
+  assert summarize_paths(paths, depth=2).startswith('transformer/encoder (1 array), '
+                                                     'class_embed/kernel (1 array)')
+  assert summarize_paths([]) == 'none'

@@ -189,27 +189,40 @@ def gcs_disabled() -> Iterator[None]:
     gcs_utils._is_gcs_disabled = saved  # pylint: disable=protected-access
 
 
-def prepare_builder(builder_cls, data_dir: Optional[str] = None):
+def prepare_builder(builder_cls, data_dir: Optional[str] = None,
+                    config: Optional[str] = None):
   """Builds an offline (embedded) tfds builder into `data_dir` unless already prepared.
 
   Args:
     builder_cls: a GeneratorBasedBuilder that needs no downloads.
     data_dir: TFDS data dir; None = TFDS default (env TFDS_DATA_DIR, else
       ~/tensorflow_datasets).
+    config: name of one of its BUILDER_CONFIGS (None: its default).
 
   Returns:
     The (prepared) builder, ready for `as_dataset`.
   """
   if data_dir is not None:
     data_dir = os.fspath(os.path.expanduser(data_dir))
+  kwargs = {'data_dir': data_dir}
+  if config:
+    names = [c.name for c in builder_cls.BUILDER_CONFIGS]
+    if config not in names:
+      raise ValueError(
+          f'config.input.dataset={builder_cls.name}/{config}: {builder_cls.name} has '
+          + (f'the builder configs {names}' if names else 'no builder configs')
+          + f'; use config.input.dataset={builder_cls.name}'
+          + (f'/{names[0]}' if names else '') + '.')
+    kwargs['config'] = config
   with gcs_disabled():
-    builder = builder_cls(data_dir=data_dir)
+    builder = builder_cls(**kwargs)
     if not builder.is_prepared():
       builder.download_and_prepare(download_config=offline_download_config())
-      builder = builder_cls(data_dir=data_dir)  # Re-read the written info.
+      builder = builder_cls(**kwargs)  # Re-read the written info.
   return builder
 
 
-def prepare_embedded(data_dir: Optional[str] = None) -> SklearnDigits:
+def prepare_embedded(data_dir: Optional[str] = None,
+                     config: Optional[str] = None) -> SklearnDigits:
   """Builds `sklearn_digits` into `data_dir` unless already prepared."""
-  return prepare_builder(SklearnDigits, data_dir)
+  return prepare_builder(SklearnDigits, data_dir, config=config)

@@ -10,8 +10,8 @@ serves both (plus one extra object field, `source_id`):
   image: uint8 [H, W, 3] PNG; H and W drawn independently, integers in
     [64, 112].
   image/filename: '{image/id:012d}.png' (COCO style).
-  image/id: int64, 1..2000 for `train`, 2001..2250 for `test` (unique over
-    both splits).
+  image/id: int64, 1..N for `train` (N its canvases), N+1..N+250 for `test`
+    (unique over both splits).
   objects: a Sequence of n in 0..4 digits, each with
     area: int64, box area in pixels, rounded half up.
     bbox: BBoxFeature, float32 (ymin, xmin, ymax, xmax), normalised by the
@@ -22,7 +22,13 @@ serves both (plus one extra object field, `source_id`):
     label: ClassLabel '0'..'9', the source digit's class.
     source_id: int64, index of the source image into `load_digits()`.
 
-Splits (disjoint source images): `train` has 2,000 canvases built only from
+Builder configs: `digits_detection` is `digits_detection/2k` (train 2,000
+canvases, what the tests use; prepared in ~10 s); `digits_detection/10k` has
+10,000 train canvases (~45 s), of which the first 2,000 are 2k's: the DETR
+demo trains on it (fewer repeats of each canvas, so less overfitting). Both
+have the same 250 test canvases (only their ids differ).
+
+Splits (disjoint source images): `train` canvases are built only from
 the 1,437 source digits of `digits.stratified_split`'s train ids, `test` 250
 canvases only from its 360 test ids.
 
@@ -77,10 +83,26 @@ from swin_jax.data import digits as digits_lib
 
 NAME = 'digits_detection'
 NUM_CLASSES = digits_lib.NUM_CLASSES
-SPLIT_SIZES = {'train': 2000, 'test': 250}
+# Builder configs (`digits_detection/<name>`): train canvases of each; the test split is
+# the same 250 canvases in both (canvas i of a split does not depend on the config).
+TRAIN_SIZES = {'2k': 2000, '10k': 10000}
+DEFAULT_CONFIG = '2k'
+TEST_SIZE = 250
 SPLIT_SEEDS = {'train': 1, 'test': 2}
-# image/id = offset + index + 1: ids 1..2000 (train), 2001..2250 (test).
-IMAGE_ID_OFFSETS = {'train': 0, 'test': SPLIT_SIZES['train']}
+
+
+def split_sizes(config: str = DEFAULT_CONFIG) -> Dict[str, int]:
+  """{split: canvases} of a builder config ('2k': train 2,000, test 250)."""
+  return {'train': TRAIN_SIZES[config], 'test': TEST_SIZE}
+
+
+def image_id_offsets(config: str = DEFAULT_CONFIG) -> Dict[str, int]:
+  """image/id = offset + index + 1: '2k' has ids 1..2000 (train), 2001..2250 (test)."""
+  return {'train': 0, 'test': TRAIN_SIZES[config]}
+
+
+SPLIT_SIZES = split_sizes()  # of the default config
+IMAGE_ID_OFFSETS = image_id_offsets()
 OBJECT_ID_STRIDE = 10  # object id = image/id * 10 + paste index (< 10).
 CANVAS_MIN, CANVAS_MAX = 64, 112  # px, inclusive, height and width.
 BACKGROUND_MAX = 50  # grey level, inclusive.
@@ -173,7 +195,7 @@ def render_canvas(split: str, index: int, images: np.ndarray,
 
   Args:
     split: 'train' or 'test' (selects the seed).
-    index: canvas index within the split, 0..SPLIT_SIZES[split]-1.
+    index: canvas index within the split, 0..split_sizes(config)[split]-1.
     images: float [1797, 8, 8], `load_source()` pixels 0..16.
     split_ids: int [m], the source ids this split may draw from.
 
@@ -224,9 +246,9 @@ def render_canvas(split: str, index: int, images: np.ndarray,
 
 
 def to_example(split: str, index: int, canvas: Dict[str, np.ndarray],
-               labels: np.ndarray) -> Dict:
-  """The coco/2017-shaped feature dict of a rendered canvas."""
-  image_id = IMAGE_ID_OFFSETS[split] + index + 1
+               labels: np.ndarray, config: str = DEFAULT_CONFIG) -> Dict:
+  """The coco/2017-shaped feature dict of a rendered canvas (ids of builder `config`)."""
+  image_id = image_id_offsets(config)[split] + index + 1
   h, w = canvas['image'].shape[:2]
   boxes = canvas['boxes']
   areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -250,15 +272,23 @@ def to_example(split: str, index: int, canvas: Dict[str, np.ndarray],
 
 
 class DigitsDetection(tfds.core.GeneratorBasedBuilder):
-  """sklearn digits pasted on canvases: 2,000/250 detection images, offline."""
+  """sklearn digits pasted on canvases: 2,000 (or 10,000) / 250 detection images, offline."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
       '1.0.0': ('Initial release: 0..4 sklearn digits (s in [14, 44] px, '
                 'bilinear, ink (v/16)^(1/4), tinted) per 64..112 px canvas; '
                 'train 2,000 / test 250 canvases from disjoint source '
                 'digits.'),
+      '1.1.0': ('Builder configs: 2k (the default; 1.0.0\'s data) and 10k (10,000 '
+                'train canvases, the first 2,000 those of 2k; the same 250 test '
+                'canvases, their ids after the train ids).'),
   }
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(
+          name=name, description=f'train {n:,} / test {TEST_SIZE} canvases')
+      for name, n in TRAIN_SIZES.items()]
+  DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_CONFIG
 
   # Same reason as SklearnDigits.code_path: tfds' default probes the optional
   # `importlib_resources` backport, absent from this venv.
@@ -299,14 +329,15 @@ class DigitsDetection(tfds.core.GeneratorBasedBuilder):
     train_ids, test_ids = digits_lib.stratified_split(labels)
     ids = {'train': train_ids, 'test': test_ids}
     return {split: self._generate_examples(split, images, labels, ids[split])
-            for split in SPLIT_SIZES}
+            for split in split_sizes(self.builder_config.name)}
 
   def _generate_examples(self, split: str, images: np.ndarray,
                          labels: np.ndarray,
                          split_ids: np.ndarray) -> Iterator[Tuple[int, Dict]]:
-    for index in range(SPLIT_SIZES[split]):
+    config = self.builder_config.name
+    for index in range(split_sizes(config)[split]):
       canvas = render_canvas(split, index, images, split_ids)
-      example = to_example(split, index, canvas, labels)
+      example = to_example(split, index, canvas, labels, config)
       example['image'] = encode_png(example['image'])
       yield example['image/id'], example
 
@@ -323,7 +354,7 @@ def encode_png(image: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def prepare_embedded_detection(
-    data_dir: Optional[str] = None) -> DigitsDetection:
-  """Builds `digits_detection` into `data_dir` unless already prepared."""
-  return digits_lib.prepare_builder(DigitsDetection, data_dir)
+def prepare_embedded_detection(data_dir: Optional[str] = None,
+                               config: Optional[str] = None) -> DigitsDetection:
+  """Builds `digits_detection/<config>` (default '2k') into `data_dir` unless prepared."""
+  return digits_lib.prepare_builder(DigitsDetection, data_dir, config=config)

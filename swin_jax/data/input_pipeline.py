@@ -168,8 +168,9 @@ def get_builder(input_cfg: Any) -> tfds.core.DatasetBuilder:
   """
   name = _cfg(input_cfg, 'dataset')
   data_dir = _data_dir(input_cfg)
-  if name in EMBEDDED_DATASETS:
-    return EMBEDDED_DATASETS[name](data_dir)
+  base, _, builder_config = name.partition('/')  # 'digits_detection/10k'
+  if base in EMBEDDED_DATASETS:
+    return EMBEDDED_DATASETS[base](data_dir, config=builder_config or None)
   where = data_dir or 'the TFDS default data dir'
   try:
     with digits_lib.gcs_disabled():

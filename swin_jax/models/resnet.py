@@ -102,6 +102,21 @@ class Bottleneck(nn.Module):
     return nn.relu(out + identity)
 
 
+def max_pool_3x3_s2(x):
+  """torch MaxPool2d(3, stride=2, padding=1) on [B, H, W, C] (padding is -inf).
+
+  The same values as ``nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))``, computed as a
+  row max then a column max of three strided slices each: XLA:CPU runs this ~4x faster
+  than the reduce-window inside the train step, and its gradient ~4x faster too.
+  """
+  h, w = x.shape[1], x.shape[2]
+  ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  x = jnp.maximum(jnp.maximum(x[:, 0:2 * ho - 1:2], x[:, 1:2 * ho:2]), x[:, 2:2 * ho + 1:2])
+  return jnp.maximum(jnp.maximum(x[:, :, 0:2 * wo - 1:2], x[:, :, 1:2 * wo:2]),
+                     x[:, :, 2:2 * wo + 1:2])
+
+
 class ResNetBody(nn.Module):
   """ResNet stem + 4 stages; returns the last stage's map.
 
@@ -129,8 +144,7 @@ class ResNetBody(nn.Module):
     w = self.width
     x = _conv(w, 7, 2, dtype=self.dtype, name='conv1')(x.astype(self.dtype))
     x = nn.relu(make_norm(self.norm, w, 'bn1')(x))
-    # torch MaxPool2d(3, 2, padding=1) pads with -inf.
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool_3x3_s2(x)
     inplanes, cur_dilation = w, 1
     for i, depth in enumerate(self.depths):
       planes = w * 2 ** i

@@ -11,10 +11,11 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import flax
 import jax
@@ -31,6 +32,17 @@ from swin_jax.train.tasks import task_from_config
 log = logging.getLogger('swin_jax')
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def summarize_paths(paths: Sequence[str], depth: int = 1) -> str:
+  """"['transformer']['encoder']['layers_0']['norm1']['bias']", ... -> "transformer (96
+  arrays), class_embed (2 arrays)": the modules named by the first ``depth`` keys, in order."""
+  counts: Dict[str, int] = {}
+  for path in paths:
+    keys = re.findall(r"\['([^']*)'\]|\[(\d+)\]", path)
+    name = '/'.join(a or b for a, b in keys[:depth]) or path
+    counts[name] = counts.get(name, 0) + 1
+  return ', '.join(f'{k} ({n} array{"s" * (n != 1)})' for k, n in counts.items()) or 'none'
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -230,7 +242,7 @@ class Trainer:
       if self.use_ema:
         state = state.replace(ema_params=jax.tree.map(jnp.copy, params))
       log.info('Initialised weights from %s (kept fresh: %s).', init_from,
-               (skipped + reset) or 'none')
+               summarize_paths(skipped + reset))
     return state
 
   def pretrain(self) -> str:
