@@ -107,7 +107,9 @@ def max_pool_3x3_s2(x):
 
   The same values as ``nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))``, computed as a
   row max then a column max of three strided slices each: XLA:CPU runs this ~4x faster
-  than the reduce-window inside the train step, and its gradient ~4x faster too.
+  than the reduce-window inside the train step, and its gradient ~4x faster too. Where a
+  window holds tied maxima the gradient is shared between them (reduce-window gives it to
+  one); after the stem's ReLU those ties are zeros, whose gradient the ReLU drops anyway.
   """
   h, w = x.shape[1], x.shape[2]
   ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
