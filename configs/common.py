@@ -91,7 +91,13 @@ def get_config():
   c.finetune.freeze = ''  # '' | 'backbone' (train the head only: linear probe) | 'head'
   c.log_every_steps = 50
   c.eval_every_steps = 0  # 0: evaluate at the end only
-  c.progress_bar = True
+  c.progress_bar = True  # False (TPU launcher, sweeps): one printed line per log step instead
+  # Upload metrics.jsonl / TensorBoard events of a gs:// workdir at most every this many
+  # seconds (each upload rewrites the object); None: 30 s remote, every record locally.
+  c.metrics_flush_secs = config_dict.placeholder(float)
+  # (start, stop): a jax.profiler trace of steps start..stop-1 in <workdir>/tensorboard
+  # (TensorBoard's Profile tab), e.g. (100, 105); () = off.
+  c.profile_steps = ()
 
   c.sharding = ml_collections.ConfigDict()
   c.sharding.fsdp = False  # True: shard params/optimizer state over 'data' (ZeRO-3 style)

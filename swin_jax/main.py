@@ -73,7 +73,9 @@ def main(argv):
       loop.evaluate(config, FLAGS.workdir)
     else:
       loop.train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError, TypeError) as e:
+  # OSError: an unwritable --workdir, a workdir locked by another run (WorkdirLockedError),
+  # a full disk; the messages name the path.
+  except (ValueError, OSError, FloatingPointError, TypeError) as e:
     if os.environ.get('SWIN_JAX_DEBUG'):
       raise
     _fail(f'{e}  (set SWIN_JAX_DEBUG=1 for the traceback)')

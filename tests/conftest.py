@@ -1,7 +1,9 @@
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -11,7 +13,39 @@ import pytest
 _FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 
+# One persistent XLA compilation cache for the whole run (set up by the first process that
+# loads this file: the xdist controller, whose environment the workers and every subprocess
+# test inherit): the many runs of the same tiny configs (CLI, multi-process, resume tests)
+# compile each program once. Executables are reused bit for bit, so results do not change.
+_OWN_JIT_CACHE = None
+if 'SWIN_JAX_TEST_JIT_CACHE' not in os.environ:
+  _OWN_JIT_CACHE = tempfile.mkdtemp(prefix='swin_jax_test_jit_cache_')
+  os.environ['SWIN_JAX_TEST_JIT_CACHE'] = _OWN_JIT_CACHE
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ['SWIN_JAX_TEST_JIT_CACHE'])
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# The files that run longest (a few minutes each, mostly training subprocesses), collected
+# first: pytest-xdist's --dist loadfile hands files out in collection order, so these start
+# at once on both workers and the many short files fill in beside them, instead of one
+# worker finishing a long file alone at the end.
+_LONGEST_FIRST = ('test_multiprocess.py', 'test_train.py', 'test_collectives.py',
+                  'test_detection_train.py', 'test_workdir.py', 'test_recipe.py',
+                  'test_sweep.py', 'test_shunted.py')
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_JIT_CACHE:
+    shutil.rmtree(_OWN_JIT_CACHE, ignore_errors=True)
 
 
 def load_config(relpath: str, arg=None):

@@ -40,9 +40,10 @@ DETR_COCO_VARIANTS = [row + sched for row in DETR_ROWS for sched in DETR_SCHEDUL
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_config_loads_and_builds_model(path):
-  from swin_jax.train import loop
+  from swin_jax.train import loop, validate
   for arg in _variants(path):
     c = load_config(os.path.relpath(path, ROOT), arg)
+    validate.check_config(c)  # what the trainer checks before any work
     model = loop.model_from_config(c)
     assert model.num_classes == c.input.num_classes
     assert c.batch_size % 8 == 0  # splits over 8 devices and typical TPU slices

@@ -182,38 +182,53 @@ def test_train_epochs_are_permutations_and_reshuffled(data_dir):
   assert not np.array_equal(epoch1, epoch2)
 
 
-def test_two_processes_read_disjoint_shards(data_dir):
+def test_processes_read_their_rows_of_the_global_batch(data_dir):
+  """Process p of 2 holds rows [p*b, (p+1)*b) of every global batch: the two halves
+  side by side are exactly one process's batch (ids, augmented pixels, labels), so the
+  global batch does not depend on the process count; neither reads the other's rows."""
   cfg = make_cfg(data_dir)
-  all_train = {int(e['id']) for e in read_split(data_dir, 'train')}
-  shards = []
-  for p in range(2):
-    ds = ip.make_train_dataset(cfg, global_batch_size=256, seed=0,
-                               process_index=p, process_count=2,
-                               keep_keys=('id',))
-    ids = np.concatenate(
-        [b['id'] for b in take(iter(tfds.as_numpy(ds)), 6)])  # 768 ids.
-    n_p = 719 if p == 0 else 718  # even_splits of 1437.
-    first_epoch = set(ids[:n_p].tolist())
-    assert len(first_epoch) == n_p
-    assert set(ids.tolist()) == first_epoch  # Nothing outside the shard.
-    shards.append(first_epoch)
-  assert not shards[0] & shards[1]
-  assert shards[0] | shards[1] == all_train
+  all_train = sorted(int(e['id']) for e in read_split(data_dir, 'train'))
+  stream = lambda **kw: iter(tfds.as_numpy(ip.make_train_dataset(
+      cfg, global_batch_size=256, seed=0, keep_keys=('id',), **kw)))
+  one = take(stream(), 6)  # 1536 elements: the first epoch and a bit
+  halves = [take(stream(process_index=p, process_count=2), 6) for p in range(2)]
+  for k in range(6):
+    for key in ('id', 'label', 'image'):
+      np.testing.assert_array_equal(
+          np.concatenate([halves[0][k][key], halves[1][k][key]]), one[k][key])
+    if k < 5:  # within the first epoch (batch 5 holds its end and the next's start)
+      assert not set(halves[0][k]['id']) & set(halves[1][k]['id'])
+  ids = np.concatenate([b['id'] for b in one])
+  assert sorted(ids[:1437].tolist()) == all_train  # the global stream: each example once
+  # Resuming at global batch 3 gives each process its rows of batch 3 on.
+  resumed = take(stream(process_index=1, process_count=2, start_step=3), 2)
+  for k in range(2):
+    np.testing.assert_array_equal(resumed[k]['image'], halves[1][3 + k]['image'])
 
-  # Eval: same number of batches per process, each example exactly once.
-  seen, counts = [], []
-  for p in range(2):
-    ds = ip.make_eval_dataset(cfg, split='test', global_batch_size=64,
-                              process_index=p, process_count=2,
-                              keep_keys=('id',))
-    batches = list(tfds.as_numpy(ds))
-    counts.append(len(batches))
-    for b in batches:
-      assert b['image'].shape[0] == 32
-      seen.extend(b['id'][b['mask']].tolist())
-  assert counts == [6, 6]  # ceil(180 / 32).
-  assert sorted(seen) == sorted(int(e['id']) for e in read_split(data_dir,
-                                                                 'test'))
+  # Eval: the same ceil(360 / 64) = 6 batches in each process; side by side they are
+  # one process's global eval batches (the last one: 40 real rows, 24 padding).
+  whole = list(tfds.as_numpy(ip.make_eval_dataset(
+      cfg, split='test', global_batch_size=64, keep_keys=('id',))))
+  parts = [list(tfds.as_numpy(ip.make_eval_dataset(
+      cfg, split='test', global_batch_size=64, process_index=p, process_count=2,
+      keep_keys=('id',)))) for p in range(2)]
+  assert len(whole) == len(parts[0]) == len(parts[1]) == 6
+  for k in range(6):
+    assert parts[0][k]['image'].shape[0] == parts[1][k]['image'].shape[0] == 32
+    for key in ('id', 'mask', 'image', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][k][key], parts[1][k][key]]), whole[k][key])
+  assert [int(p[-1]['mask'].sum()) for p in parts] == [32, 8]
+  seen = [i for p in parts for b in p for i in b['id'][b['mask']].tolist()]
+  assert sorted(seen) == sorted(int(e['id']) for e in read_split(data_dir, 'test'))
+
+
+def test_num_owned_counts_a_process_rows():
+  for b, n in ((3, 2), (4, 3), (1, 1)):
+    for p in range(n):
+      for size in range(0, 40):
+        want = sum(1 for i in range(size) if (i % (b * n)) // b == p)
+        assert ip.num_owned(size, b, p, n) == want, (b, n, p, size)
 
 
 def test_eval_covers_every_example_once(data_dir, sk_digits):

@@ -476,23 +476,32 @@ def test_mock_coco_train_and_eval(mock_coco):
         global_batch_size=4, seed=0)
 
 
-def test_mock_coco_per_host_shards_disjoint(mock_coco):
+def test_mock_coco_processes_read_their_rows_of_the_global_batch(mock_coco):
   data_dir, requested = mock_coco
   cfg = small_cfg(data_dir=data_dir, num_classes=80)
-  ids, counts = [], []
+  whole = list(dp.make_detection_eval_iterator(cfg, split='train', global_batch_size=4))
+  parts, its = [], []
   for p in range(2):
-    batches = list(dp.make_detection_eval_iterator(
-        cfg, split='train', global_batch_size=4, process_index=p,
-        process_count=2))
-    counts.append(len(batches))
-    ids.append({int(i) for b in batches for i in b['image_id'][b['mask']]})
-  assert counts[0] == counts[1] == 3  # ceil(5 / 2)
+    it = dp.make_detection_eval_iterator(cfg, split='train', global_batch_size=4,
+                                         process_index=p, process_count=2)
+    parts.append(list(it))
+    its.append(it)
+  assert len(whole) == len(parts[0]) == len(parts[1]) == 3  # ceil(10 / 4)
+  for k in range(3):  # side by side: one process's global eval batches
+    for key in ('image_id', 'mask', 'image', 'boxes', 'valid'):
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][k][key], parts[1][k][key]]), whole[k][key])
+  ids = [{int(i) for b in part for i in b['image_id'][b['mask']]} for part in parts]
   assert not ids[0] & ids[1] and ids[0] | ids[1] == set(range(10))
+  assert [it.stats['examples'] for it in its] == [6, 4]  # rows 0-1 of 4, 4, 2 real
+  assert all(it.stats['skipped_images'] == 0 for it in its)
   del requested[:]
-  for p in range(2):
-    next(dp.make_detection_train_iterator(
-        cfg, global_batch_size=4, seed=0, process_index=p, process_count=2))
-  assert requested == tfds.even_splits('train', n=2, drop_remainder=False)
+  one = next(dp.make_detection_train_iterator(cfg, global_batch_size=4, seed=0))
+  halves = [next(dp.make_detection_train_iterator(
+      cfg, global_batch_size=4, seed=0, process_index=p, process_count=2)) for p in range(2)]
+  for key in ('image', 'image_mask', 'boxes', 'labels', 'valid'):
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), one[key])
+  assert set(requested) == {'train'}  # every process reads the whole split
 
 
 def test_digits_detection_train_and_eval(detection_tfds_dir):

@@ -122,7 +122,7 @@ def test_mixup_config_errors_name_the_field():
     tasks.mixup_options(dict(mixup_alpha=0.8, label_smoothing=0.1))
   task = tasks.ClassificationTask(K, mixup=tasks.mixup_options(RECIPE_MIXUP))
   odd = {'image': jnp.zeros((5, H, W, 3)), 'label': jnp.zeros((5,), jnp.int32)}
-  with pytest.raises(ValueError, match=r'even config\.batch_size'):
+  with pytest.raises(ValueError, match=r'need an even b: got 5.*config\.batch_size'):
     task.train_batch(odd, jax.random.PRNGKey(0))
 
 

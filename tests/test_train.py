@@ -75,16 +75,19 @@ def test_killed_and_resumed_run_equals_uninterrupted(tfds_dir, tmp_path):
   rc, _ = _start_and_signal(args, work, 4, signal.SIGKILL)
   assert rc == -signal.SIGKILL
   assert max(_steps(work)) < total, 'the run finished before the kill: test is vacuous'
+  lock = os.path.join(work, 'lock.json')
+  assert os.path.exists(lock)  # the killed run could not release its workdir lock
   # 2) resume, then SIGTERM (preemption): saves the current step and exits 0.
   rc, out = _start_and_signal(args, work, 8, signal.SIGTERM)
   assert rc == 0, out[-3000:]
   stopped = max(_steps(work))
   assert 8 <= stopped < total, (stopped, out[-2000:])
   assert 'SIGTERM' in out
+  assert 'Taking over the stale lock' in out and not os.path.exists(lock)  # released on exit
   # 3) resume to the end.
   res = run_main(args)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert 'Resumed from' in res.stderr
+  assert 'Resumed from' in res.stderr and 'stale lock' not in res.stderr
   got, state = _params_at(work, total)
   want, ref_state = _params_at(ref_dir, total)
   assert int(state['step']) == total
@@ -93,6 +96,8 @@ def test_killed_and_resumed_run_equals_uninterrupted(tfds_dir, tmp_path):
   # metrics.jsonl and TensorBoard files were written and kept across the restarts.
   recs = [json.loads(l) for l in open(os.path.join(work, 'metrics.jsonl'))]
   assert recs[-1]['split'] == 'eval' and recs[-1]['num_examples'] == 360
+  # Each step logged once: what the killed runs logged after their last checkpoint is dropped.
+  assert [r['step'] for r in recs if r['split'] == 'train'] == list(range(2, total + 1, 2))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(work, 'tensorboard')))
   assert json.load(open(os.path.join(work, 'config.json')))['total_steps'] == total
 
@@ -149,8 +154,9 @@ def test_keep_last_n_and_nan_loss_keeps_last_good_checkpoint(tfds_dir, tmp_path)
   loop.train_and_evaluate(_quick(tfds_dir, total_steps=8, **{'checkpoint.keep': 2}), work)
   assert _steps(work) == [6, 8]  # keep-last-N removed 2 and 4
   before = sorted(os.listdir(work))
-  bad = _quick(tfds_dir, total_steps=12, **{'optimizer.lr': float('nan')})
-  # A NaN learning rate makes the step-9 update NaN: caught at step 9, never saved.
+  bad = _quick(tfds_dir, total_steps=12, **{'optimizer.lr': 1e38})
+  # (A NaN lr is refused up front.) An lr of 1e38 makes the step-9 update overflow: the
+  # param norm is inf, caught at step 9, never saved.
   with pytest.raises(loop.NonFiniteLossError, match=r'at step 9.*last good checkpoint \(step 8\)'):
     loop.train_and_evaluate(bad, work)
   assert _steps(work) == [6, 8]
@@ -238,95 +244,6 @@ def test_cli_image_size_not_divisible_by_patch(tfds_dir, tmp_path):
   assert res.returncode == 2
   assert 'img_size=18x18 is not divisible by patch_size=4x4' in res.stderr, res.stderr[-2000:]
   assert not os.path.exists(work / 'checkpoints') or not os.listdir(work / 'checkpoints')
-
-
-_SHUNTED_SCRIPT = textwrap.dedent('''
-    import json, sys
-    sys.path.insert(0, {tests!r})
-    import jax
-    from conftest import load_config
-    from swin_jax.train import loop
-    c = load_config('configs/demo/shunted_digits.py', 'quick')
-    c.input.data_dir = {tfds!r}
-    c.progress_bar = False
-    c.log_every_steps = 1
-    c.checkpoint.keep = 10
-    loop.train_and_evaluate(c, {workdir!r})
-    recs = [json.loads(l) for l in open({workdir!r} + '/metrics.jsonl')]
-    # The final checkpoint's batch_stats, restored here (its sharding is this device count's).
-    trainer = loop.Trainer(c, {workdir!r})
-    state = trainer.initial_state()
-    trainer.ckpt.close()
-    stats = jax.tree_util.tree_flatten_with_path(jax.device_get(state.model_state))[0]
-    print('RESULT', json.dumps(dict(devices=jax.device_count(), step=int(state.step),
-          losses=[r['loss'] for r in recs if r['split'] == 'train'],
-          batch_stats={{jax.tree_util.keystr(p): v.tolist() for p, v in stats}})))
-''')
-
-
-def test_shunted_batchnorm_stats_over_devices_checkpoint_resume_and_eval(tfds_dir, tmp_path):
-  """BatchNorm (the Shunted stem): 8 devices = 1 (statistics over the global batch), the
-  batch_stats are checkpointed, restored on resume, and used by evaluation."""
-  from swin_jax.train import loop
-  runs = {}
-  for devices in (1, 8):
-    workdir = str(tmp_path / f'shunted_d{devices}')
-    script = _SHUNTED_SCRIPT.format(tests=os.path.join(ROOT, 'tests'), tfds=tfds_dir,
-                                    workdir=workdir)
-    env = dict(os.environ, XLA_FLAGS=os.environ['XLA_FLAGS'] + f' --xla_force_host_platform_device_count={devices}')
-    res = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.split('RESULT', 1)[1])
-    assert out['devices'] == devices
-    assert out['step'] == 6
-    runs[devices] = (np.array(out['losses']), out['batch_stats'])
-  (one, bn1), (eight, bn8) = runs[1], runs[8]
-  assert len(one) == 6 and np.all(np.isfinite(one)) and one[-1] != one[0]
-  np.testing.assert_allclose(eight, one, rtol=2e-5, atol=2e-6)
-  assert sorted(bn1) == sorted(bn8) and len(bn1) == 2  # conv_1 mean / var
-  for k in bn1:
-    assert np.abs(np.array(bn1[k]) - (0.0 if 'mean' in k else 1.0)).max() > 0  # moved
-    # Statistics over the global batch of 64, not per-device shards of 8: equal to 1 device.
-    # After 6 Adam steps, reduction-order rounding (8 shards vs 1) in near-zero gradients is
-    # amplified by Adam's normalisation: entries agree to ~2e-5 absolute (values ~1e-2).
-    # Per-device shard statistics (8 of 64 images) would be off by ~1e-2: far outside this.
-    np.testing.assert_allclose(bn8[k], bn1[k], rtol=1e-3, atol=1e-4, err_msg=k)
-  _, s1 = _params_at(str(tmp_path / 'shunted_d1'), 6)
-
-  # Resume: the 1-device run's step-6 checkpoint removed, training resumes from step 4 and
-  # ends where it did (the batch_stats were restored with the step, not re-initialised).
-  import shutil  # pylint: disable=g-import-not-at-top
-  work = str(tmp_path / 'shunted_resume')
-  shutil.copytree(str(tmp_path / 'shunted_d1'), work)
-  shutil.rmtree(os.path.join(work, 'checkpoints', '6'))
-  c = load_config('configs/demo/shunted_digits.py', 'quick')
-  c.input.data_dir = tfds_dir
-  c.progress_bar = False
-  c.log_every_steps = 1
-  c.checkpoint.keep = 10
-  loop.train_and_evaluate(c, work)
-  _, resumed = _params_at(work, 6)
-  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-  jax.tree.map(close, resumed['model_state'], s1['model_state'])
-  jax.tree.map(close, resumed['params'], s1['params'])
-
-  # Evaluation uses the running averages: other batch_stats give other eval results, and
-  # eval mode differs from train mode (batch statistics) on the same images.
-  trainer = loop.Trainer(c, work)
-  state = trainer.initial_state()
-  trainer.ckpt.close()
-  fresh = jax.tree_util.tree_map_with_path(
-      lambda p, a: np.zeros_like(a) if p[-1].key == 'mean' else np.ones_like(a),
-      jax.device_get(state.model_state))
-  got = trainer.evaluate(state)
-  other = trainer.evaluate(state.replace(model_state=fresh))
-  assert got['loss'] != other['loss']
-  x = np.random.default_rng(0).standard_normal((8, 32, 32, 3)).astype(np.float32)
-  variables = {'params': state.params, **state.model_state}
-  eval_logits = trainer.model.apply(variables, x, train=False)
-  train_logits, _ = trainer.model.apply(variables, x, train=True, mutable=['batch_stats'])
-  assert not np.allclose(eval_logits, train_logits, atol=1e-4)
 
 
 def test_summarize_paths_groups_fresh_leaves_by_module():

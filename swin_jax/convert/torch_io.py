@@ -74,13 +74,18 @@ def unwrap_state_dict(sd: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _load_safetensors(path: str) -> Dict[str, Any]:
+  import safetensors  # pylint: disable=g-import-not-at-top
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
   try:
-    return dict(safetensors.numpy.load_file(path))
-  except TypeError:
-    # NumPy has no bfloat16: read through the Flax (jax/ml_dtypes) backend instead.
-    import safetensors.flax  # pylint: disable=g-import-not-at-top
-    return dict(safetensors.flax.load_file(path))
+    try:
+      return dict(safetensors.numpy.load_file(path))
+    except TypeError:
+      # NumPy has no bfloat16: read through the Flax (jax/ml_dtypes) backend instead.
+      import safetensors.flax  # pylint: disable=g-import-not-at-top
+      return dict(safetensors.flax.load_file(path))
+  except safetensors.SafetensorError as e:  # e.g. 'incomplete metadata, file not fully covered'
+    raise ValueError(f'{path} is not a readable .safetensors file ({e}): it is truncated or '
+                     f'damaged; download or convert it again.') from None
 
 
 def _load_torch_file(path: str) -> Any:
@@ -89,6 +94,9 @@ def _load_torch_file(path: str) -> Any:
     return torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pickle.UnpicklingError, or RuntimeError wrapping it
     if 'weights_only' not in str(e) and 'Unpickl' not in type(e).__name__:
+      if isinstance(e, (RuntimeError, EOFError)):  # e.g. 'failed finding central directory'
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint ({str(e).split(". ")[0]}'
+                         f'): it is truncated or damaged; download it again.') from None
       raise
     raise ValueError(
         f'{path} holds pickled Python objects besides tensors (e.g. an argparse Namespace '

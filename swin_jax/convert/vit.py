@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -443,9 +444,18 @@ def load_vit_npz(name: str, path: str, *, drop_head: bool = False,
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'checkpoint file not found: {path!r} (cwd: {os.getcwd()})')
-  with np.load(path) as f:
-    w = {k: f[k] for k in f.files}
-  sd = vit_npz_to_timm(w)
+  try:
+    with np.load(path) as f:
+      w = {k: f[k] for k in f.files}
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # cut short, not a zip
+    raise ValueError(f'{path} is not a readable .npz file ({type(e).__name__}: {e}): it is '
+                     f'truncated or damaged; download it again.') from None
+  try:
+    sd = vit_npz_to_timm(w)
+  except KeyError as e:
+    raise ValueError(f'{path} has no array {e.args[0]!r} (it holds {len(w)} arrays): not a '
+                     f'complete google-research/vision_transformer ViT .npz; download it '
+                     f'again, or check that it is that release\'s layout.') from None
   model = create_model(name, **model_overrides)
   params = convert_timm_vit(sd, model, name=name, drop_head=drop_head,
                             interpolation='bilinear', antialias=False)

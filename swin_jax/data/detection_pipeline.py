@@ -39,10 +39,12 @@ image, empty boxes dropped):
 Resizes are bilinear (antialiased when shrinking, as PIL's) and the image is
 re-quantised to uint8 after each one, as DETR's PIL images are.
 
-Determinism and resuming work exactly as in input_pipeline: elements are
-enumerated after the seeded shuffle, `start_step * b` of them are skipped
-before decoding, and every random draw is stateless from
-(seed, process_index, element index).
+Determinism, resuming and the process split work exactly as in
+input_pipeline: elements are enumerated after the seeded shuffle (the global
+stream, the same in every process), `start_step * B` of them are skipped and
+process p keeps rows [p * b, (p + 1) * b) of each global batch of B, all
+before decoding, and every random draw is stateless from (seed, global
+element index). So the global batch does not depend on the process count.
 
 Bad inputs never crash silently or obscurely:
   * a corrupt image is skipped (tf.data ignore_errors after decoding only);
@@ -81,6 +83,7 @@ defaults are DETR's (datasets/coco.py):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -504,16 +507,19 @@ def _decode_skipping_errors(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def train_dataset(ds: tf.data.Dataset, cfg: DetectionConfig, *,
                   batch_size: int, seed: int, start_step: int = 0,
-                  process_index: int = 0) -> tf.data.Dataset:
+                  process_index: int = 0,
+                  process_count: int = 1) -> tf.data.Dataset:
   """Infinite, shuffled, augmented, batched train dataset of `ds`.
 
   Args:
-    ds: this process's examples (coco/2017 features, image encoded).
+    ds: the whole split (coco/2017 features, image encoded), read in the
+      same seeded order by every process.
     cfg: parsed config.
     batch_size: local batch size b.
     seed: shuffle and augmentation seed.
-    start_step: local batches to skip (resume).
-    process_index: folded into the augmentation seeds.
+    start_step: global batches to skip (resume).
+    process_index, process_count: this process keeps its rows of each
+      global batch of process_count * b elements.
 
   Returns:
     Batches of the train keys (module docstring) plus the host-side
@@ -528,10 +534,12 @@ def train_dataset(ds: tf.data.Dataset, cfg: DetectionConfig, *,
     ds = ds.shuffle(cfg.shuffle_buffer, seed=seed,
                     reshuffle_each_iteration=True)
   ds = ds.repeat()
-  ds = ds.enumerate()  # Element index i within this process's stream.
-  ds = ds.skip(int(start_step) * batch_size)  # Before decoding: cheap.
+  ds = ds.enumerate()  # Global element index i, the same in every process.
+  # Before decoding: cheap.
+  ds = ds.skip(int(start_step) * batch_size * process_count)
+  ds = ip.filter_process_rows(ds, batch_size, process_index, process_count)
   ds = _decode_skipping_errors(ds)
-  base_seed = tf.constant([seed, process_index], tf.int64)
+  base_seed = tf.constant([seed, 0], tf.int64)  # as one process always had
 
   def process(example):
     image = example['image']
@@ -555,8 +563,12 @@ def train_dataset(ds: tf.data.Dataset, cfg: DetectionConfig, *,
 
 
 def eval_dataset(ds: tf.data.Dataset, cfg: DetectionConfig, *,
-                 batch_size: int, num_batches: int) -> tf.data.Dataset:
+                 batch_size: int, num_batches: int, process_index: int = 0,
+                 process_count: int = 1) -> tf.data.Dataset:
   """One pass over `ds` in order, padded with masked rows to num_batches.
+
+  With several processes, process p keeps rows [p * b, (p + 1) * b) of each
+  global batch of the split's storage order (global element index).
 
   Corrupt images are skipped; the padding stream fills their rows too, so
   the number of batches stays `num_batches` whatever was skipped.
@@ -567,7 +579,9 @@ def eval_dataset(ds: tf.data.Dataset, cfg: DetectionConfig, *,
   """
   if cfg.cache:
     ds = ds.cache()
-  ds = _decode_skipping_errors(ds.enumerate())
+  ds = ip.filter_process_rows(ds.enumerate(), batch_size, process_index,
+                              process_count)
+  ds = _decode_skipping_errors(ds)
 
   def process(example):
     image = example['image']
@@ -610,17 +624,25 @@ class DetectionIterator:
 
   def __init__(self, ds: tf.data.Dataset, *, max_boxes: int,
                first_index: int = 0, num_source: Optional[int] = None,
-               name: str = 'train'):
+               name: str = 'train', batch_size: int = 1,
+               process_index: int = 0, process_count: int = 1):
     """Wraps `ds` (a train_dataset or eval_dataset).
 
     Args:
       ds: the batched dataset, with its bookkeeping keys.
       max_boxes: config.input.max_boxes (T).
-      first_index: element index of the first element, start_step * b.
+      first_index: global element index of the first element,
+        start_step * B.
       num_source: number of source examples of a finite stream (eval), to
         count corrupt images at its end; None for an infinite stream.
       name: 'train' | 'eval', for log messages.
+      batch_size, process_index, process_count: which global indices this
+        process owns (input_pipeline.filter_process_rows), so that gaps are
+        counted among its own indices only.
     """
+    self._owned = functools.partial(ip.num_owned, batch_size=batch_size,
+                                    process_index=process_index,
+                                    process_count=process_count)
     self._it = iter(tfds.as_numpy(ds))
     self._max_boxes = max_boxes
     self._next_index = first_index
@@ -638,7 +660,8 @@ class DetectionIterator:
     """index: int64 [k] increasing element indices that came through."""
     if index.size:
       self.stats['skipped_images'] += int(
-          index[-1] + 1 - self._next_index - index.size)
+          self._owned(int(index[-1]) + 1) - self._owned(self._next_index)
+          - index.size)
       self._next_index = int(index[-1]) + 1
     skipped = self.stats['skipped_images']
     if skipped and skipped >= 2 * self._logged_skips:
@@ -657,7 +680,8 @@ class DetectionIterator:
     except StopIteration:
       if self._num_source is not None and self._num_source > self._next_index:
         # Corrupt images at the end of a finite stream leave no later index.
-        self.stats['skipped_images'] += self._num_source - self._next_index
+        self.stats['skipped_images'] += (self._owned(self._num_source)
+                                         - self._owned(self._next_index))
         self._next_index = self._num_source
         self._count_skips(np.zeros([0], np.int64))
       raise
@@ -732,7 +756,7 @@ def make_detection_train_iterator(input_cfg: Any, *, global_batch_size: int,
     start_step: yield the batches a fresh iterator yields from batch
       `start_step` on.
     process_index, process_count: this process and the number of processes;
-      each reads its tfds.even_splits shard.
+      each keeps its rows of every global batch.
 
   Returns:
     DetectionIterator of {'image': float32 [b, Hp, Wp, 3], 'image_mask':
@@ -743,12 +767,14 @@ def make_detection_train_iterator(input_cfg: Any, *, global_batch_size: int,
                                     process_index, process_count)
   split = ip._cfg(input_cfg, 'train_split', 'train')
   ip._check_split(builder, split, 'config.input.train_split')
-  local_split = ip._process_splits(split, process_count)[process_index]
-  ds = ip._read(builder, local_split, shuffle_seed=seed)
+  ds = ip._read(builder, split, shuffle_seed=seed)
   ds = train_dataset(ds, cfg, batch_size=batch_size, seed=seed,
-                     start_step=start_step, process_index=process_index)
+                     start_step=start_step, process_index=process_index,
+                     process_count=process_count)
   return DetectionIterator(ds, max_boxes=cfg.max_boxes,
-                           first_index=start_step * batch_size)
+                           first_index=start_step * batch_size * process_count,
+                           batch_size=batch_size, process_index=process_index,
+                           process_count=process_count)
 
 
 def make_detection_eval_iterator(input_cfg: Any, *, split: str,
@@ -758,8 +784,9 @@ def make_detection_eval_iterator(input_cfg: Any, *, split: str,
                                  ) -> DetectionIterator:
   """One deterministic pass over `split`, last batches padded and masked.
 
-  Every decodable example of the process's shard appears once with
-  mask=True; all processes yield ceil(max shard size / b) batches.
+  Every decodable example of the split appears once with mask=True, in its
+  process's rows of its global batch; all processes yield ceil(N / B)
+  batches.
 
   Returns:
     DetectionIterator of the train keys plus {'image_id': int64 [b],
@@ -768,11 +795,13 @@ def make_detection_eval_iterator(input_cfg: Any, *, split: str,
   batch_size, cfg, builder = _setup(input_cfg, global_batch_size,
                                     process_index, process_count)
   ip._check_split(builder, split, ip._split_field(input_cfg, split))
-  splits = ip._process_splits(split, process_count)
-  sizes = [builder.info.splits[s].num_examples for s in splits]
+  size = builder.info.splits[split].num_examples
   # Every process yields the same number of batches (collectives need it).
-  num_batches = max(1, math.ceil(max(sizes) / batch_size))
-  ds = ip._read(builder, splits[process_index], shuffle_seed=None)
-  ds = eval_dataset(ds, cfg, batch_size=batch_size, num_batches=num_batches)
-  return DetectionIterator(ds, max_boxes=cfg.max_boxes,
-                           num_source=sizes[process_index], name='eval')
+  num_batches = max(1, math.ceil(size / (batch_size * process_count)))
+  ds = ip._read(builder, split, shuffle_seed=None)
+  ds = eval_dataset(ds, cfg, batch_size=batch_size, num_batches=num_batches,
+                    process_index=process_index, process_count=process_count)
+  return DetectionIterator(ds, max_boxes=cfg.max_boxes, num_source=size,
+                           name='eval', batch_size=batch_size,
+                           process_index=process_index,
+                           process_count=process_count)

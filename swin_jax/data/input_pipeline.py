@@ -15,20 +15,28 @@ b = global_batch_size // process_count:
   mask: bool [b] (eval only), True = real example, False = padding.
 
 Train iterators are infinite, shuffled, deterministic and resumable: the
-batch sequence is a pure function of (seed, process_index, process_count,
-dataset), and `start_step=s` yields exactly the batches a fresh iterator
-yields from its s-th batch on. This holds because
+batch sequence is a pure function of (seed, dataset), and `start_step=s`
+yields exactly the batches a fresh iterator yields from its s-th batch on.
+The global batch does not depend on the process count: every process walks
+the same global element stream, and process p of n keeps rows
+[p * b, (p + 1) * b) of each global batch of B = n * b elements, the rows its
+devices hold in the global jax.Array (train/sharding.py). So 2 processes x 4
+devices train on exactly the batches of 1 process x 8 devices. This holds
+because
   * the element order comes from a seeded tf.data shuffle (+ seeded file
-    shuffle) under `options.deterministic = True`;
-  * elements are enumerated (global per-process index i) before
-    `skip(start_step * b)`, and all augmentation randomness is drawn from
-    stateless ops seeded by (seed, process_index, i);
-  * image decoding happens after the skip, so resuming on ImageNet skips over
-    encoded bytes only.
+    shuffle) under `options.deterministic = True`, the same in every process;
+  * elements are enumerated (global index i) before
+    `skip(start_step * B)` and before each process filters its rows, and all
+    augmentation randomness is drawn from stateless ops seeded by (seed, i);
+  * image decoding happens after the skip and the filter, so resuming skips
+    over encoded bytes only, and a process decodes its own rows only (it
+    still scans the other rows' encoded records: the tf.data reader has no
+    random access).
 
-Eval iterators make one pass over the process's shard, in storage order, and
-pad with masked examples so that every process yields the same number of full
-batches: ceil(max_p shard_size_p / b).
+Eval iterators make one pass over the split in storage order, padded with
+masked examples to ceil(N / B) global batches; process p keeps its rows of
+each, so every process yields the same number of batches and the global eval
+batches equal those of one process.
 
 `input_cfg` fields (ml_collections.ConfigDict or any attribute object):
   dataset: TFDS name, 'sklearn_digits' (embedded, prepared on first use) or
@@ -51,7 +59,7 @@ batches: ceil(max_p shard_size_p / b).
     'pixel', one box) on the normalised image.
   repeated_augmentation: int k >= 1; k > 1 repeats each example of the
     shuffled stream k times in a row, each copy augmented independently
-    (DeiT's RASampler, per process shard).
+    (DeiT's RASampler, over the global stream).
   eval_resize: 'direct' (resize to image_size, no crop: the 384 fine-tunes) |
     'center_crop' (shorter side to floor(image_size / 0.875), e.g. 256 for
     224, then the central crop).
@@ -69,7 +77,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -227,11 +235,32 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _process_splits(split: str, process_count: int) -> List[Any]:
-  """Disjoint per-process subsplits whose union is `split`."""
+def filter_process_rows(ds: tf.data.Dataset, batch_size: int,
+                        process_index: int,
+                        process_count: int) -> tf.data.Dataset:
+  """Keeps process p's rows of every global batch of an enumerated dataset.
+
+  Args:
+    ds: elements (i, example), i the global element index.
+    batch_size: local batch size b; the global batch is process_count * b.
+
+  Returns:
+    The (i, example) elements with (i mod B) // b == process_index, in order.
+  """
   if process_count == 1:
-    return [split]
-  return tfds.even_splits(split, n=process_count, drop_remainder=False)
+    return ds
+  global_batch = batch_size * process_count
+  return ds.filter(lambda i, *_: tf.equal(
+      (i % global_batch) // batch_size, process_index))
+
+
+def num_owned(n: int, batch_size: int, process_index: int,
+              process_count: int) -> int:
+  """How many of the global element indices 0..n-1 process p owns."""
+  global_batch = batch_size * process_count
+  full, rest = divmod(int(n), global_batch)
+  return full * batch_size + min(max(rest - process_index * batch_size, 0),
+                                 batch_size)
 
 
 def get_num_examples(input_cfg: Any, split: str) -> int:
@@ -532,7 +561,7 @@ def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
     input_cfg: see module docstring.
     global_batch_size: batch size summed over processes.
     seed: shuffle and augmentation seed.
-    start_step: number of (local) batches to skip, for resuming.
+    start_step: number of (global) batches to skip, for resuming.
     process_index: this process's index.
     process_count: number of processes.
     keep_keys: extra dataset features to pass through (e.g. ('id',)).
@@ -556,10 +585,11 @@ def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
   _check_num_classes(builder, input_cfg)
   split = _cfg(input_cfg, 'train_split', 'train')
   _check_split(builder, split, 'config.input.train_split')
-  local_split = _process_splits(split, process_count)[process_index]
   keep = tuple(keep_keys)
 
-  ds = _read(builder, local_split, shuffle_seed=seed)
+  # Every process reads the whole split in the same seeded order (the global
+  # stream) and keeps its rows of each global batch below.
+  ds = _read(builder, split, shuffle_seed=seed)
   cache = bool(_cfg(input_cfg, 'cache', False))
   if cache:  # Decoding is deterministic, so it may happen before the skip.
     ds = ds.map(functools.partial(_decode, keep=keep),
@@ -577,9 +607,12 @@ def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
     # on, so every example is seen k times per k epochs.
     ds = ds.flat_map(
         lambda x: tf.data.Dataset.from_tensors(x).repeat(repeats))
-  ds = ds.enumerate()  # Element index i within this process's stream.
-  ds = ds.skip(int(start_step) * batch_size)
-  base_seed = tf.constant([seed, process_index], tf.int64)
+  ds = ds.enumerate()  # Global element index i, the same in every process.
+  ds = ds.skip(int(start_step) * batch_size * process_count)
+  ds = filter_process_rows(ds, batch_size, process_index, process_count)
+  # (seed, 0): the seeds of the single-process streams before the global
+  # stream existed, so one-process runs are unchanged bit for bit.
+  base_seed = tf.constant([seed, 0], tf.int64)
 
   def process(index, example):
     if not cache:
@@ -639,14 +672,19 @@ def _eval_dataset_impl(input_cfg: Any, *, split: str, global_batch_size: int,
   builder = get_builder(input_cfg)
   _check_num_classes(builder, input_cfg)
   _check_split(builder, split, _split_field(input_cfg, split))
-  splits = _process_splits(split, process_count)
-  sizes = [builder.info.splits[s].num_examples for s in splits]
-  # Every process yields the same number of batches (collectives need it).
-  num_batches = max(1, math.ceil(max(sizes) / batch_size))
-  num_pad = num_batches * batch_size - sizes[process_index]
+  size = builder.info.splits[split].num_examples
+  # ceil(N / B) global batches, the last padded: every process yields the
+  # same number of batches (collectives need it); process p's real rows
+  # come first in its stream, its rows of the padding (indices >= N) last.
+  num_batches = max(1, math.ceil(size / (batch_size * process_count)))
+  num_real = num_owned(size, batch_size, process_index, process_count)
+  num_pad = num_batches * batch_size - num_real
   keep = tuple(keep_keys)
 
-  ds = _read(builder, splits[process_index], shuffle_seed=None)
+  ds = _read(builder, split, shuffle_seed=None)
+  if process_count > 1:
+    ds = filter_process_rows(ds.enumerate(), batch_size, process_index,
+                             process_count).map(lambda i, x: x)
   ds = ds.map(functools.partial(_decode, keep=keep),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if bool(_cfg(input_cfg, 'cache', False)):
@@ -712,8 +750,9 @@ def make_eval_iterator(input_cfg: Any, *, split: str, global_batch_size: int,
                        ) -> Iterator[Dict[str, np.ndarray]]:
   """One deterministic pass over `split`, last batch padded and masked.
 
-  Every example of the process's shard appears exactly once with
-  mask=True; all processes yield ceil(max shard size / b) batches.
+  Every example of the split appears exactly once with mask=True in one
+  process's rows; all processes yield ceil(N / B) batches (B the global
+  batch, N the split's size).
 
   Args:
     input_cfg: see module docstring.

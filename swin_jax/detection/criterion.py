@@ -53,9 +53,13 @@ is ``sum(weights[k] * loss_k)`` over the three losses of every layer (DETR's
 Box losses use ``elementwise_generalized_box_iou`` (denominators clamped by a
 tiny eps): identical to DETR for non-degenerate boxes, finite otherwise.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from swin_jax import parallel as shd
 from swin_jax.detection.boxes import (box_cxcywh_to_xyxy,
                                       elementwise_generalized_box_iou,
                                       generalized_box_iou)
@@ -156,6 +160,16 @@ def match(cost, valid, matcher='hungarian'):
   return pred_idx, tgt_idx, jnp.take_along_axis(valid, tgt_idx, axis=1)
 
 
+def _match_layers(costs, valid, matcher='hungarian'):
+  """``match`` of L layers' costs [L, B, Q, T] against the same targets (valid
+  [B, T]) in one batched call; returns (pred_idx, tgt_idx, pair_valid), each
+  [L, B, K]."""
+  num_layers, b = costs.shape[:2]
+  out = match(costs.reshape((num_layers * b,) + costs.shape[2:]),
+              jnp.tile(valid, (num_layers, 1)), matcher)
+  return tuple(x.reshape((num_layers, b) + x.shape[1:]) for x in out)
+
+
 def layer_losses(pred_logits, pred_boxes, tgt_labels, tgt_boxes, valid,
                  indices, num_boxes, eos_coef=0.1, log=True):
   """DETR's losses of one decoder layer for a given matching.
@@ -183,10 +197,14 @@ def layer_losses(pred_logits, pred_boxes, tgt_labels, tgt_boxes, valid,
 
   # ---- labels: weighted cross-entropy over all queries.
   matched_labels = jnp.take_along_axis(tgt_labels, tgt_idx, axis=1)  # [B, K]
-  rows = jnp.arange(b)[:, None]
-  # pred_idx are distinct within an image, so every query is written once.
-  target_classes = jnp.full((b, q), num_classes, jnp.int32).at[
-      rows, pred_idx].set(jnp.where(pair_valid, matched_labels, num_classes))
+  # Query pred_idx[b, k] gets matched_labels[b, k] (valid pairs), the others
+  # no-object. As a one-hot sum rather than a scatter: the same integers (pred_idx
+  # are distinct within an image, so a query is hit at most once), and a
+  # batch-sharded scatter would make XLA gather the whole batch on every device.
+  hit = (pred_idx[:, :, None] == jnp.arange(q)[None, None, :]) & pair_valid[:, :, None]
+  target_classes = jnp.where(
+      hit.any(axis=1), jnp.sum(jnp.where(hit, matched_labels[:, :, None], 0), axis=1),
+      num_classes).astype(jnp.int32)  # [B, Q]
   logp = jax.nn.log_softmax(pred_logits, axis=-1)
   ce = -jnp.take_along_axis(logp, target_classes[..., None], axis=-1)[..., 0]
   w = jnp.where(target_classes == num_classes, eos_coef, 1.0).astype(ce.dtype)
@@ -283,20 +301,25 @@ class SetCriterion:
     if self.aux_loss:
       layers += [(f'_{i}', aux, False)
                  for i, aux in enumerate(outputs.get('aux_outputs') or [])]
-    # All layers are matched in one batched matcher call ([L * B, Q, T]): one
-    # assignment loop instead of L (faster to compile and to run).
+    # All layers are matched in one batched matcher call ([L * b, Q, T]): one
+    # assignment loop instead of L (faster to compile and to run), on each
+    # device's images (shd.per_device): the loop's exit test never waits for
+    # another device's matching, and no cost matrix crosses devices.
     cw = self.cost_weights
     costs = [matching_cost(out['pred_logits'], out['pred_boxes'], labels, boxes,
                            cw['class_'], cw['bbox'], cw['giou'])
              for _, out, _ in layers]
     if len({c.shape for c in costs}) == 1:
-      b = costs[0].shape[0]
-      all_idx = match(jnp.concatenate(costs, 0),
-                      jnp.tile(valid, (len(costs), 1)), self.matcher)
-      per_layer = [tuple(x[i * b:(i + 1) * b] for x in all_idx)
-                   for i in range(len(costs))]
+      all_idx = shd.per_device(
+          functools.partial(_match_layers, matcher=self.matcher),
+          in_specs=(P(None, shd.DATA), P(shd.DATA)),
+          out_specs=P(None, shd.DATA))(jnp.stack(costs), valid)
+      per_layer = [tuple(x[i] for x in all_idx) for i in range(len(costs))]
     else:  # e.g. aux layers with a different number of queries
-      per_layer = [match(c, valid, self.matcher) for c in costs]
+      per_layer = [shd.per_device(
+          functools.partial(match, matcher=self.matcher),
+          in_specs=(P(shd.DATA), P(shd.DATA)), out_specs=P(shd.DATA))(c, valid)
+                   for c in costs]
 
     metrics = {}
     total = jnp.zeros((), jnp.float32)

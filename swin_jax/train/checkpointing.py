@@ -5,6 +5,14 @@ the shapes of its params, so resuming a workdir that holds another model fails w
 message before anything is written. Orbax finalises a step directory atomically, so a run
 killed mid-save leaves the previous checkpoint intact and the partial one is ignored.
 
+A finished checkpoint can still be damaged afterwards (a disk error, a bad copy, a file cut
+short or edited). ``Checkpointer.restore_latest`` then resumes from the newest step that
+restores, warns which step it skipped and why, and moves the damaged step directories to
+``<workdir>/checkpoints_damaged/<step>-<time>``: kept for inspection, never deleted, and out
+of Orbax's sight (keep-last-N and the new saves of those steps never meet them). If no step
+restores it raises ``NoIntactCheckpointError`` and moves nothing: an unreachable bucket must
+not look like damage, and starting over from step 0 is the user's decision.
+
 Workdirs may be local or remote (``gs://bucket/run``): every workdir access in the trainer
 goes through the path helpers below (``etils.epath``, which reaches GCS through
 ``tf.io.gfile``); Orbax takes gs:// directories as they are. Local paths are made absolute;
@@ -13,9 +21,13 @@ remote ones are never passed to ``os.path.abspath`` or ``os.makedirs``.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import sys
 import tempfile
-from typing import IO, Any, Iterator, Optional
+import time
+from typing import IO, Any, Iterator, List, Optional, Tuple
 
 from etils import epath
 import jax
@@ -23,8 +35,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+log = logging.getLogger('swin_jax')
+
+DAMAGED_DIR = 'checkpoints_damaged'  # <workdir>/checkpoints_damaged/<step>-<time>
+
+
 class CheckpointMismatchError(ValueError):
   """The workdir's checkpoint does not belong to the configured model."""
+
+
+class NoIntactCheckpointError(ValueError):
+  """The workdir holds checkpoints, and none of them restores."""
 
 
 # ------------------------------------------------------------------ paths (local or gs://)
@@ -48,6 +69,12 @@ def as_path(path) -> epath.Path:
   return epath.Path(path)
 
 
+def native_path(path) -> str:
+  """The path as a string for libraries that open files themselves (tf.io.TFRecordWriter,
+  jax.profiler), resolved through ``as_path`` so that a test's gs:// mapping reaches them."""
+  return os.fspath(as_path(path))
+
+
 def makedirs(path) -> None:
   """``os.makedirs(path, exist_ok=True)`` for local and remote paths (on GCS a directory
   is only a name prefix; creating it is harmless and idempotent across hosts)."""
@@ -55,10 +82,10 @@ def makedirs(path) -> None:
 
 
 def open_file(path, mode: str = 'r') -> IO:
-  """A file object that stays open (metrics.jsonl, TensorBoard events): the builtin
-  ``open`` for local paths, ``tf.io.gfile.GFile`` for remote ones (epath's remote ``open``
-  is a context manager only). On GCS each ``flush()`` uploads the whole file, and 'a' mode
-  rewrites the object with the appended lines: fine for logs of a few MB."""
+  """A file object that stays open (metrics.jsonl): the builtin ``open`` for local paths,
+  ``tf.io.gfile.GFile`` for remote ones (epath's remote ``open`` is a context manager only).
+  On GCS each ``flush()`` uploads the whole file, and 'a' mode rewrites the object with the
+  appended lines, which is why metric_writer flushes remote files on a timer."""
   if not is_remote(path):
     return open(path, mode)  # pylint: disable=unspecified-encoding
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -120,7 +147,10 @@ class Checkpointer:
         'meta']
 
   def check_compatible(self, step: int, meta: dict, workdir: str):
-    saved = self.read_meta(step)
+    self._check_meta(step, self.read_meta(step), meta, workdir)
+
+  @staticmethod
+  def _check_meta(step: int, saved: dict, meta: dict, workdir: str):
     if saved.get('model') != meta['model']:
       raise CheckpointMismatchError(
           f"--workdir={workdir} holds a checkpoint of model {saved.get('model')!r} (step "
@@ -139,6 +169,110 @@ class Checkpointer:
     return self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
 
+  def restore_latest(self, abstract_state, meta: dict, workdir: str,
+                     set_aside: bool = True) -> Tuple[Any, Optional[int]]:
+    """(state, step) of the newest checkpoint that restores; (None, None) if there is none.
+
+    A step that does not restore (a missing or truncated array file, garbage in a metadata
+    file, an unreadable meta item) is damaged: a warning names it and why, and the next
+    older step is tried. Once one restores, the damaged newer ones are moved to
+    <workdir>/checkpoints_damaged/ (``set_aside``; False, e.g. for evaluation, which only
+    reads, leaves them where they are). A checkpoint of another model or train-state layout
+    raises CheckpointMismatchError as before (the config changed; nothing is damaged). If
+    no step restores, NoIntactCheckpointError names each with its reason; nothing is moved.
+    """
+    damaged: List[Tuple[int, str]] = []
+    _quiet_failed_reads()
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = self.read_meta(step)
+        if not isinstance(saved, dict):
+          raise ValueError(f'expected a JSON object, got {type(saved).__name__}')
+      except Exception as e:  # pylint: disable=broad-except
+        if not _is_damage(e):
+          raise
+        damaged.append((step, self._damage_reason(step, e, 'its meta item')))
+        continue
+      self._check_meta(step, saved, meta, workdir)
+      try:
+        state = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        if not _is_damage(e):
+          raise
+        self._raise_if_layout_differs(step, abstract_state, workdir)
+        damaged.append((step, self._damage_reason(step, e, 'its train state')))
+        continue
+      if damaged:
+        self._report_damaged(damaged, step, set_aside)
+      return state, step
+    if damaged:
+      listing = '; '.join(f'step {s}: {r}' for s, r in damaged)
+      raise NoIntactCheckpointError(
+          f'--workdir={workdir}: no checkpoint in {self.directory} restores ({listing}). '
+          f'Nothing was moved or deleted. If the storage was unreachable, run again; if the '
+          f'files are damaged, restore them from a copy, or move {self.directory} aside to '
+          f'start over from step 0.')
+    return None, None
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _damage_reason(self, step: int, err: BaseException, what: str) -> str:
+    bad = _unreadable_json(self._step_dir(step))
+    reason = f'{what} does not restore: {_root_message(err)}'
+    return reason + (f' (not valid JSON: {", ".join(bad)})' if bad else '')
+
+  def _report_damaged(self, damaged: List[Tuple[int, str]], good: int, set_aside: bool):
+    aside = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR)
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for step, reason in damaged:
+      dst = os.path.join(aside, f'{step}-{stamp}')
+      if not set_aside:
+        log.warning('Checkpoint step %d in %s is damaged (%s): using step %d (the damaged '
+                    'one is left where it is).', step, self.directory, reason, good)
+        continue
+      if jax.process_index() == 0:
+        makedirs(aside)
+        as_path(self._step_dir(step)).rename(dst)
+      log.warning('Checkpoint step %d in %s is damaged (%s): moved it to %s (kept, never '
+                  'deleted); resuming from step %d.', step, self.directory, reason, dst, good)
+    if set_aside:
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        multihost_utils.sync_global_devices('swin_jax: damaged checkpoints set aside')
+      self.manager.reload()  # Orbax caches the step list
+
+  def _raise_if_layout_differs(self, step: int, abstract_state, workdir: str):
+    """After a failed restore: CheckpointMismatchError if the checkpoint's tree (its
+    _METADATA) has other leaves than this config's train state, e.g. another optimizer
+    or EMA on / off. An unreadable _METADATA is damage: nothing is raised here."""
+    try:
+      with ocp.StandardCheckpointer() as reader:
+        tree = reader.metadata(os.path.join(self._step_dir(step), 'state')).item_metadata
+      saved = _leaf_paths(getattr(tree, 'tree', tree))
+    except Exception:  # pylint: disable=broad-except
+      return
+    want = _leaf_paths(abstract_state)
+    if saved == want or not saved:
+      return
+    parts = []
+    for group in sorted({p[0] for p in saved ^ want}):
+      only_ckpt = sum(1 for p in saved - want if p[0] == group)
+      only_cfg = sum(1 for p in want - saved if p[0] == group)
+      parts.append(f'{group}: {only_ckpt} arrays only in the checkpoint, {only_cfg} only in '
+                   f'this config')
+    hints = {'opt_state': 'config.optimizer (name, clip_grad_norm, layer_decay, lr_mults, '
+                          'frozen) or config.finetune.freeze',
+             'ema_params': 'config.optimizer.ema_decay (0 = no EMA params)'}
+    fields = ' / '.join(hints.get(g, 'the model fields') for g in
+                        sorted({p[0] for p in saved ^ want}))
+    raise CheckpointMismatchError(
+        f'--workdir={workdir} holds a checkpoint (step {step}) whose train state has another '
+        f'layout than this config builds ({"; ".join(parts)}): {fields} changed since it was '
+        f'saved. Restore them from {workdir}/config.json to resume, or use a new --workdir '
+        f'(config.init_from={workdir} starts from its weights). Nothing in the workdir was '
+        f'changed.')
+
   def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
     return self.manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -149,6 +283,110 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+# ------------------------------------------------------------------ damage diagnosis
+# Errors that say the storage or the machine failed, not the files: never damage.
+_NOT_DAMAGE = ('RESOURCE_EXHAUSTED', 'PERMISSION_DENIED', 'UNAUTHENTICATED', 'UNAVAILABLE',
+               'DEADLINE_EXCEEDED', 'CANCELLED', 'Out of memory')
+
+
+def _chain(err: BaseException) -> List[BaseException]:
+  """err and the errors it was raised from, outermost first."""
+  out = []
+  while err is not None and err not in out and len(out) < 10:
+    out.append(err)
+    err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+  return out
+
+
+def _is_damage(err: BaseException) -> bool:
+  if isinstance(err, (CheckpointMismatchError, MemoryError, PermissionError)):
+    return False
+  return not any(code in str(e) for e in _chain(err) for code in _NOT_DAMAGE)
+
+
+def _root_message(err: BaseException, limit: int = 300) -> str:
+  """One line of the innermost error (Orbax wraps TensorStore's, which names the array)."""
+  root = _chain(err)[-1]
+  text = ' '.join(str(root).split()) or repr(root)
+  text = text.split(' See full TensorStore details')[0]
+  text = f'{type(root).__name__}: {text}'
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _unreadable_json(step_dir: str) -> List[str]:
+  """The JSON files of a step directory that do not parse, relative to it (a JSONDecodeError
+  names no file)."""
+  names = ['_CHECKPOINT_METADATA', 'meta/metadata', 'state/_METADATA', 'state/_sharding',
+           'state/array_metadatas/process_0']
+  bad = []
+  for name in names:
+    path = as_path(os.path.join(step_dir, name))
+    try:
+      if path.exists():
+        json.loads(path.read_text())
+    except (ValueError, OSError, UnicodeDecodeError):
+      bad.append(name)
+  return bad
+
+
+def _key_name(k) -> str:
+  for attr in ('key', 'idx', 'name'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _leaf_paths(tree) -> set:
+  """{('opt_state', '1', '0', 'mu', ...), ...}: the same for a train state and Orbax's
+  metadata tree of it (dataclass fields, named-tuple fields, dict keys and list indices
+  all become strings)."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {tuple(_key_name(k) for k in path) for path, _ in flat}
+
+
+def _from_orbax(err: Optional[BaseException]) -> bool:
+  tb = getattr(err, '__traceback__', None)
+  while tb is not None:
+    if f'{os.sep}orbax{os.sep}' in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _UnretrievedOrbaxReads(logging.Filter):
+  """asyncio's 'Task exception was never retrieved' for Orbax's reads (see below)."""
+
+  def filter(self, record):
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (str(record.msg).startswith('Task exception was never retrieved') and
+                _from_orbax(exc))
+
+
+def _quiet_failed_reads() -> None:
+  """When a restore fails, Orbax's other array reads die with it: their coroutines' and
+  tasks' errors are never retrieved, and TensorStore reads still in flight report to the
+  closed event loop. They surface through sys.unraisablehook and asyncio's logger, now or
+  at a later garbage collection (mid-training): dozens of tracebacks with TensorStore specs
+  that bury the one warning that matters. Those, and only they, are dropped from then on."""
+  asyncio_log = logging.getLogger('asyncio')
+  if not any(isinstance(f, _UnretrievedOrbaxReads) for f in asyncio_log.filters):
+    asyncio_log.addFilter(_UnretrievedOrbaxReads())
+  previous = sys.unraisablehook
+  if getattr(previous, '_swin_jax_quiet', False):
+    return
+
+  def hook(unraisable):
+    value, obj = unraisable.exc_value, unraisable.object
+    if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+      return
+    code = getattr(obj, 'cr_code', None)  # a coroutine of Orbax's
+    if code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename:
+      return
+    previous(unraisable)
+  hook._swin_jax_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
 
 
 def load_params_for_init(path: str, model_name: str, params_like,
@@ -186,12 +424,16 @@ def load_variables_for_init(path: str, model_name: str, variables_like: dict,
     kw = dict(model_overrides or {})
     with local_copy(path) as local:
       try:
-        loaded = load(model_name, local, **kw)
-      except ValueError as e:
-        if 'drop_head' not in str(e):
-          raise
-        # Another number of classes: fine-tuning keeps the model's freshly initialised head.
-        loaded = load(model_name, local, drop_head=True, **kw)
+        try:
+          loaded = load(model_name, local, **kw)
+        except ValueError as e:
+          if 'drop_head' not in str(e):
+            raise
+          # Another number of classes: fine-tuning keeps the model's freshly initialised head.
+          loaded = load(model_name, local, drop_head=True, **kw)
+      except (ValueError, KeyError, OSError) as e:  # the converters name the file and why
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        raise ValueError(f'config.init_from={path}: {msg}') from e
   else:
     loaded = _restore_orbax_variables(path)
     if 'backbone_0' not in loaded['params']:
@@ -213,20 +455,40 @@ def load_variables_for_init(path: str, model_name: str, variables_like: dict,
   return out, skipped
 
 
+def _init_from_damaged(path: str, step_dir: str, err: Exception, others) -> None:
+  """Raises the one-line error for a config.init_from checkpoint that does not restore
+  (returns, for the caller to re-raise, when the error is not damage)."""
+  if not _is_damage(err):
+    return
+  bad = _unreadable_json(step_dir)
+  hint = f' (e.g. {others[-1]})' if others else ''
+  raise ValueError(
+      f'config.init_from={path}: the checkpoint {step_dir} does not restore '
+      f'({_root_message(err)}{"; not valid JSON: " + ", ".join(bad) if bad else ""}): it is '
+      f'damaged. Point config.init_from at an intact step directory{hint}.') from err
+
+
 def _restore_orbax_variables(path: str):
   """{'params', **model_state} of an Orbax workdir / checkpoints dir / step dir."""
   candidates = [path, os.path.join(path, 'checkpoints')]
+  _quiet_failed_reads()
   for d in candidates:
     if as_path(os.path.join(d, 'state')).is_dir():  # a step directory
-      ckptr = ocp.StandardCheckpointer()
-      state = ckptr.restore(os.path.join(d, 'state'))
+      try:
+        state = restore_on_host(os.path.join(d, 'state'))
+      except Exception as e:  # pylint: disable=broad-except
+        _init_from_damaged(path, d, e, [])
+        raise
       return {'params': state['params'], **(state.get('model_state') or {})}
-    mngr = ocp.CheckpointManager(d, item_names=('state', 'meta'),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    mngr = read_only_manager(d)
     step = mngr.latest_step()
     if step is not None:
-      state = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore()))['state']
+      try:
+        state = restore_on_host(mngr, step)
+      except Exception as e:  # pylint: disable=broad-except
+        others = [os.path.join(d, str(s)) for s in sorted(mngr.all_steps()) if s != step]
+        _init_from_damaged(path, os.path.join(d, str(step)), e, others)
+        raise
       return {'params': state['params'], **(state.get('model_state') or {})}
   raise FileNotFoundError(f'config.init_from={path} holds no Orbax checkpoint (looked in '
                           f'{candidates}).')
@@ -270,13 +532,41 @@ def load_variables(workdir: str, step: Optional[int] = None, use_ema: bool = Tru
   if not as_path(directory).is_dir():
     raise FileNotFoundError(f'--workdir={workdir} holds no checkpoints/ directory: train there '
                             f'first (python -m swin_jax.main --config=... --workdir={workdir}).')
-  mngr = ocp.CheckpointManager(directory, item_names=('state', 'meta'),
-                               options=ocp.CheckpointManagerOptions(read_only=True))
+  mngr = read_only_manager(directory)
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'--workdir={workdir}: {directory} holds no finished checkpoint.')
-  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  state = restore_on_host(mngr, step)
   params = state['params']
   if use_ema and state.get('ema_params') is not None:
     params = state['ema_params']
   return {'params': params, **(state.get('model_state') or {})}, step
+
+
+def read_only_manager(directory: str) -> ocp.CheckpointManager:
+  """A CheckpointManager that only reads ``<workdir>/checkpoints`` (its items' handlers
+  named, so that ``item_metadata`` can describe the saved arrays)."""
+  return ocp.CheckpointManager(
+      directory, item_names=('state', 'meta'),
+      options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()})
+
+
+def restore_on_host(source, step: Optional[int] = None):
+  """The saved train state (a dict of arrays) on this process's first device, whatever
+  topology saved it: a checkpoint of 2 processes x 4 devices restores in a 1-device
+  process (Orbax refuses a restore without a target when the saved mesh is not this
+  one's, "Topology mismatch"). ``source`` is a ``read_only_manager`` (with ``step``) or a
+  step's ``state`` directory."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def target(metadata):
+    return jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  if isinstance(source, ocp.CheckpointManager):
+    metadata = source.item_metadata(step)['state']
+    return source.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target(metadata))))['state']
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(source, target(ckptr.metadata(source).item_metadata))

@@ -27,6 +27,8 @@ from swin_jax.data import input_pipeline
 from swin_jax.models import create_model
 from swin_jax.models.registry import model_family
 from swin_jax.train import checkpointing, optimizers, sharding as shd, steps as steps_lib
+from swin_jax.train import throughput, validate, workdir as workdir_lib
+from swin_jax.train.metric_writer import MetricWriter  # loop.MetricWriter, as before
 from swin_jax.train.tasks import task_from_config
 
 log = logging.getLogger('swin_jax')
@@ -89,54 +91,6 @@ def save_config(config, workdir: str):
   path.write_text(text)
 
 
-class _RemoteEventFiles:
-  """tensorboardX writer factory for remote logdirs (gs://) through tf.io.gfile
-  (checkpointing.open_file). tensorboardX's own gs:// writer needs google-cloud-storage,
-  which this package does not install; with this one TensorBoard events of a remote workdir
-  go straight to <workdir>/tensorboard (``tensorboard --logdir gs://bucket/run``)."""
-
-  def open(self, path):
-    return checkpointing.open_file(path, 'wb')
-
-  def directory_check(self, path):
-    checkpointing.makedirs(path)
-
-
-class MetricWriter:
-  """metrics.jsonl (one JSON object per line) + TensorBoard event files, process 0 only.
-
-  Local or remote (gs://) workdirs: remote files are written with tf.io.gfile, each flush
-  (every log step) uploading the file again."""
-
-  def __init__(self, workdir: str, enabled: bool):
-    self.enabled = enabled
-    if not enabled:
-      return
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    tb_dir = os.path.join(workdir, 'tensorboard')
-    if checkpointing.is_remote(tb_dir):
-      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
-      record_writer.register_writer_factory(tb_dir.split(':', 1)[0], _RemoteEventFiles())
-    self._jsonl = checkpointing.open_file(os.path.join(workdir, 'metrics.jsonl'), 'a')
-    self._tb = SummaryWriter(tb_dir)
-
-  def write(self, step: int, split: str, metrics: Dict[str, float]):
-    if not self.enabled:
-      return
-    rec = {'step': int(step), 'split': split, 'time': time.time()}
-    rec.update({k: float(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(rec) + '\n')
-    self._jsonl.flush()
-    for k, v in metrics.items():
-      self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
-    self._tb.flush()
-
-  def close(self):
-    if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
-
-
 class _Preemption:
   """Sets a flag on SIGTERM (TPU VM preemption) so the loop saves and exits cleanly."""
 
@@ -177,23 +131,26 @@ class Trainer:
 
   def __init__(self, config, workdir: str):
     shd.maybe_initialize_distributed(config)
+    validate.check_config(config)  # every field checkable without data or model, up front
     self.config = config
     self.workdir = checkpointing.resolve_path(workdir)  # local: absolute; gs://: as is
     self.is_main = jax.process_index() == 0
-    checkpointing.makedirs(self.workdir)
+    try:
+      checkpointing.makedirs(self.workdir)
+    except OSError as e:
+      raise workdir_lib.not_writable(self.workdir, e) from e
     self.model = model_from_config(config)
     self.model_overrides = model_overrides(config)
     self.task = task_from_config(config)
     self.mesh = shd.create_mesh()
-    if config.batch_size % jax.device_count():
-      raise ValueError(f'config.batch_size={config.batch_size} is not divisible by the '
-                       f'{jax.device_count()} devices: use a multiple of {jax.device_count()}.')
-    accum = config.optimizer.get('grad_accum_steps', 1)
-    if config.batch_size % (accum * jax.device_count()):
-      raise ValueError(f'config.batch_size={config.batch_size} must be divisible by '
-                       f'config.optimizer.grad_accum_steps={accum} x {jax.device_count()} '
-                       f'devices.')
+    shd.check_process_rows(self.mesh, config.batch_size)  # what each host's pipeline reads
+    if getattr(self.task, 'mixup', None) and (config.batch_size // jax.device_count()) % 2:
+      raise ValueError(
+          f'config.batch_size={config.batch_size} gives {config.batch_size // jax.device_count()}'
+          f' examples per device; Mixup / CutMix (config.mixup) pair them within each device '
+          f'and need an even number: use a multiple of {2 * jax.device_count()}.')
     self.num_train = input_pipeline.get_num_examples(config.input, config.input.train_split)
+    validate.check_eval_input(config)  # eval_split / eval_resize now, not after training
     self.steps_per_epoch = max(self.num_train // config.batch_size, 1)
     self.total_steps = int(config.get('total_steps') or
                            math.ceil(config.num_epochs * self.steps_per_epoch))
@@ -209,20 +166,25 @@ class Trainer:
                                               config.get('sharding', {}).get('fsdp', False))
     self.meta = checkpointing.model_meta(config.model.name, self.abstract_state.params)
     ck = config.checkpoint
-    self.ckpt = checkpointing.Checkpointer(self.workdir, keep=ck.keep,
-                                           async_save=ck.get('async_save', True))
+    try:
+      self.ckpt = checkpointing.Checkpointer(self.workdir, keep=ck.keep,
+                                             async_save=ck.get('async_save', True))
+    except OSError as e:
+      raise workdir_lib.not_writable(self.workdir, e) from e
 
   # ---------------------------------------------------------------- state
-  def initial_state(self):
-    """Latest checkpoint in the workdir if any (resume), else a fresh (or init_from) state."""
-    latest = self.ckpt.latest_step()
-    if latest is not None:
-      self.ckpt.check_compatible(latest, self.meta, self.workdir)
+  def initial_state(self, set_aside_damaged: bool = True):
+    """Latest intact checkpoint in the workdir if any (resume), else a fresh (or init_from)
+    state. A damaged newer checkpoint is skipped with a warning and moved to
+    <workdir>/checkpoints_damaged/ (checkpointing.Checkpointer.restore_latest);
+    set_aside_damaged=False (evaluation, which only reads) leaves it in place."""
+    if self.ckpt.latest_step() is not None:
       target = jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
           self.abstract_state, self.state_sharding)
-      state = self.ckpt.restore(latest, target)
-      log.info('Resumed from %s at step %d.', self.ckpt.directory, latest)
+      state, step = self.ckpt.restore_latest(target, self.meta, self.workdir,
+                                             set_aside=set_aside_damaged)
+      log.info('Resumed from %s at step %d.', self.ckpt.directory, step)
       return state
     state = jax.jit(self._create, out_shardings=self.state_sharding)()
     init_from = self.config.get('init_from')
@@ -277,27 +239,41 @@ class Trainer:
       raise ValueError(f'config.input.eval_split={split!r}: {e}') from None
 
   # ---------------------------------------------------------------- train
+  def jit_train_step(self):
+    """The jitted, sharded train_step(state, global batch) -> (state, metrics)."""
+    return steps_lib.jit_train_step(
+        steps_lib.make_train_step(
+            self.model, self.task, self.tx, self.schedule, base_rng=self.dropout_rng,
+            grad_accum_steps=self.config.optimizer.get('grad_accum_steps', 1),
+            ema_decay=self.config.optimizer.get('ema_decay', 0.0)),
+        self.state_sharding, self.mesh)
+
   def train(self) -> Dict[str, Any]:
     config = self.config
+    profile_steps = throughput.parse_profile_steps(config.get('profile_steps'))
     state = self.initial_state()  # checks a resumed checkpoint fits before writing anything
     if self.is_main:
       save_config(config, self.workdir)
     start = int(jax.device_get(state.step))
-    train_step = steps_lib.jit_train_step(
-        steps_lib.make_train_step(
-            self.model, self.task, self.tx, self.schedule, base_rng=self.dropout_rng,
-            grad_accum_steps=config.optimizer.get('grad_accum_steps', 1),
-            ema_decay=config.optimizer.get('ema_decay', 0.0)),
-        self.state_sharding, self.mesh)
+    train_step = self.jit_train_step()
     it = self.task.train_iterator(config, start)
-    writer = MetricWriter(self.workdir, self.is_main)
+    flops, peak = (throughput.mfu_inputs(self.model, self.abstract_state,
+                                         self.task.init_inputs(config), config.model.get('dtype'))
+                   if self.is_main else (None, None))
+    meter = throughput.Meter(config.batch_size, jax.device_count(), flops, peak)
+    profile = throughput.ProfileWindow(
+        profile_steps, checkpointing.native_path(os.path.join(self.workdir, 'tensorboard')),
+        start + 1, self.total_steps)
+    writer = MetricWriter(self.workdir, self.is_main, resume_step=start,
+                          flush_secs=config.get('metrics_flush_secs'))
     every_ckpt = config.checkpoint.every_steps
     every_eval = config.get('eval_every_steps', 0)
     every_log = config.get('log_every_steps', 10)
-    history, pending = [], None
+    history, pending, speed = [], None, {}
     eval_metrics: Dict[str, float] = {}
+    show_bar = config.get('progress_bar', True)
     bar = tqdm(total=self.total_steps, initial=start, desc='train', dynamic_ncols=True,
-               disable=not (self.is_main and config.get('progress_bar', True)))
+               disable=not (self.is_main and show_bar))
 
     def consume(step, metrics):
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -311,20 +287,32 @@ class Trainer:
             f'failed step was not saved. Lower config.optimizer.lr or set '
             f'config.optimizer.clip_grad_norm, then run the same command to resume.')
       history.append(m)
+      meter.step_done(step)
       bar.update(step - bar.n)
-      bar.set_postfix(loss=f'{m["loss"]:.4f}', lr=f'{m["lr"]:.2e}')
+      bar.set_postfix(loss=f'{m["loss"]:.4f}', lr=f'{m["lr"]:.2e}', **speed)
       if step % every_log == 0 or step == self.total_steps:
         avg = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
         avg['epoch'] = step / self.steps_per_epoch
+        avg.update(meter.fields())  # images/s, step time, input wait, MFU: throughput.py
         writer.write(step, 'train', avg)
         history.clear()
+        if 'images_per_s' in avg:
+          speed['img/s'] = f'{avg["images_per_s"]:,.0f}'
+        if self.is_main and not show_bar:  # TPU launcher, sweeps: one line per log step
+          print(throughput.console_line(step, self.total_steps, avg,
+                                        meter.eta_s(step, self.total_steps)), flush=True)
 
     t0 = time.time()
+    meter.start()
     try:
       with _Preemption() as preempt:
         for step in range(start + 1, self.total_steps + 1):
+          profile.before_step(step)
+          t_input = time.perf_counter()
           batch = shd.global_batch(next(it), self.mesh)
+          meter.add_input_wait(time.perf_counter() - t_input)
           state, metrics = train_step(state, batch)
+          profile.after_step(step, state, self.total_steps)
           if pending is not None:  # one step behind: the host never stalls the device
             consume(*pending)
           pending = (step, metrics)
@@ -333,9 +321,12 @@ class Trainer:
             consume(*pending)  # never save a non-finite state
             pending = None
             self.ckpt.save(step, state, self.meta, force=True)
+            writer.flush()  # async: the log up to this checkpoint reaches a gs:// workdir
           if every_eval and step % every_eval == 0 and step != self.total_steps:
+            t_eval = time.perf_counter()
             eval_metrics = self.evaluate(state)
             writer.write(step, 'eval', eval_metrics)
+            meter.add_pause(time.perf_counter() - t_eval)  # not training time
           if stop:
             self.ckpt.wait()
             bar.close()
@@ -363,33 +354,49 @@ class Trainer:
             f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
             for k, v in eval_metrics.items()), flush=True)
       return dict(eval_metrics, step=self.total_steps)
+    except BaseException:
+      profile.close()
+      writer.close(raise_errors=False)  # flushes; the error that stopped training is raised
+      raise
     finally:
+      profile.close()
       bar.close()
       self.ckpt.wait()
-      writer.close()
+      writer.close()  # flushes everything queued; raises a background write error
 
 
 def train_and_evaluate(config, workdir: str, skip_finished: bool = False) -> Dict[str, Any]:
   """Trains (resuming from the workdir) and evaluates. skip_finished: a workdir whose run
-  already reached its last step is left as it is ({'step': ..., 'skipped': True})."""
+  already reached its last step is left as it is ({'step': ..., 'skipped': True}).
+
+  One run at a time per workdir: process 0 holds <workdir>/lock.json from before anything is
+  written until this returns or raises (swin_jax.train.workdir); a second run started into
+  the workdir meanwhile raises WorkdirLockedError, and a lock left by a killed run is taken
+  over with a warning."""
   trainer = Trainer(config, workdir)
+  lock = workdir_lib.WorkdirLock(trainer.workdir)
   try:
+    lock.acquire()
     if skip_finished and (trainer.ckpt.latest_step() or 0) >= trainer.total_steps:
       return {'step': trainer.ckpt.latest_step(), 'skipped': True}
     return trainer.train()
   finally:
-    trainer.ckpt.close()
+    trainer.ckpt.close()  # waits for the last save: the lock outlives every write
+    lock.release()
 
 
 def evaluate(config, workdir: str) -> Dict[str, float]:
-  """Evaluates the workdir's latest checkpoint (or config.init_from) on the eval split."""
+  """Evaluates the workdir's latest checkpoint (or config.init_from) on the eval split.
+
+  Reads only: no workdir lock (it may run beside a training run there, or on a read-only
+  copy), and a damaged newest checkpoint is skipped with a warning but not moved."""
   trainer = Trainer(config, workdir)
   try:
     if trainer.ckpt.latest_step() is None and not config.get('init_from'):
       raise FileNotFoundError(
           f'--workdir={workdir} holds no checkpoint to evaluate: train there first, or set '
           f'--config.init_from=PATH to evaluate converted weights.')
-    state = trainer.initial_state()
+    state = trainer.initial_state(set_aside_damaged=False)
     metrics = trainer.evaluate(state)
     print(json.dumps(metrics), flush=True)
     return metrics

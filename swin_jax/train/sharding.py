@@ -10,27 +10,93 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DATA = 'data'
+from swin_jax.parallel import DATA, per_device  # pylint: disable=unused-import
+
+
+def _is_loopback(address: str) -> bool:
+  host = address.rsplit(':', 1)[0].strip('[]')
+  return host in ('localhost', '::1') or host.startswith('127.')
+
+
+def _gloo_on_loopback() -> None:
+  """Makes JAX's CPU collectives (gloo) listen on 127.0.0.1 instead of the address
+  the host name resolves to: local multi-process runs (tests, a laptop) then open no
+  port beyond the loopback interface. JAX has no public option for the gloo host name,
+  so this wraps its factory; if that private name moves, the default is kept."""
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    make = xla_bridge._jax.make_gloo_tcp_collectives  # pylint: disable=protected-access
+  except AttributeError:
+    return
+  if getattr(make, '_swin_jax_loopback', False):
+    return
+
+  def loopback(*args, **kwargs):
+    kwargs.setdefault('hostname', '127.0.0.1')
+    return make(*args, **kwargs)
+  loopback._swin_jax_loopback = True  # pylint: disable=protected-access
+  xla_bridge._jax.make_gloo_tcp_collectives = loopback  # pylint: disable=protected-access
 
 
 def maybe_initialize_distributed(config) -> None:
   """Calls jax.distributed.initialize when config.distributed.initialize is set.
 
-  On TPU VMs the coordinator and process ids are discovered automatically; on GPU clusters
-  set config.distributed.{coordinator_address, num_processes, process_id}.
+  On TPU VMs and SLURM the coordinator and process ids are discovered automatically;
+  elsewhere set config.distributed.{coordinator_address, num_processes, process_id}.
+  CPU devices get gloo collectives (XLA's CPU client has none across processes
+  otherwise). A loopback coordinator (127.0.0.1:PORT, localhost:PORT: processes on one
+  machine) is served on that address only, and the gloo collectives listen there too.
   """
   d = config.get('distributed')
   if not d or not d.get('initialize'):
     return
+  if jax.distributed.is_initialized():  # e.g. a pretrain run in the same process
+    return
+  if jax.config.jax_cpu_collectives_implementation in (None, 'none', ''):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   kwargs = {}
   if d.get('coordinator_address'):
-    kwargs = dict(coordinator_address=d.coordinator_address,
-                  num_processes=d.num_processes, process_id=d.process_id)
+    address = d.coordinator_address
+    kwargs = dict(coordinator_address=address, num_processes=d.num_processes,
+                  process_id=d.process_id)
+    if _is_loopback(address):
+      kwargs['coordinator_bind_address'] = address
+      _gloo_on_loopback()
+  if d.get('initialization_timeout'):
+    kwargs['initialization_timeout'] = int(d.initialization_timeout)
   jax.distributed.initialize(**kwargs)
 
 
 def create_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (DATA,))
+  """A 1-D 'data' mesh of every device, each process's devices next to each other, so
+  that process p holds rows [p * b, (p + 1) * b) of every global batch (the rows its
+  input pipeline reads; checked by ``check_process_rows``)."""
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), (DATA,))
+
+
+def process_rows(mesh: Mesh, global_batch_size: int):
+  """(start, stop): the rows of a [global_batch_size, ...] batch this process's devices
+  hold under ``batch_sharding(mesh)``."""
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
+  starts = [idx[0].start or 0 for idx in index_map.values()]
+  stops = [global_batch_size if idx[0].stop is None else idx[0].stop
+           for idx in index_map.values()]
+  return min(starts), max(stops)
+
+
+def check_process_rows(mesh: Mesh, global_batch_size: int) -> None:
+  """Raises unless this process's devices hold rows [p * b, (p + 1) * b), the rows the
+  input pipelines give process p (b = global_batch_size / process count)."""
+  n, p = jax.process_count(), jax.process_index()
+  b = global_batch_size // n
+  got = process_rows(mesh, global_batch_size)
+  if got != (p * b, (p + 1) * b):
+    raise RuntimeError(
+        f'process {p} of {n} holds rows {got} of the global batch of {global_batch_size} '
+        f'but reads rows {(p * b, (p + 1) * b)}: each process needs the same number of '
+        f'devices, next to each other in the mesh (jax.local_device_count() = '
+        f'{jax.local_device_count()}).')
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

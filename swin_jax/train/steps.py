@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 from swin_jax.train import sharding as shd
 
@@ -53,8 +54,9 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
 
   Randomness is a pure function of the step (resume stays exact): rng = fold_in(base_rng,
   step); micro-batch i's dropout key is fold_in(rng, i) (rng itself when k = 1), and a task
-  with ``train_batch(batch, rng)`` (classification: Mixup / CutMix) augments the whole
-  global batch with rng before it is split.
+  with ``train_batch(batch, rng)`` (classification: Mixup / CutMix) augments the batch with
+  rng before it is split: on each device's shard separately (``shd.per_device``: no batch
+  crosses devices; every shard draws with the same rng), the whole batch on one device.
   """
   prepare = getattr(task, 'train_batch', None)
 
@@ -74,8 +76,9 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(base_rng, state.step)
-    if prepare is not None:
-      batch = prepare(batch, rng)
+    if prepare is not None:  # per_device looks for the mesh at trace time: here
+      batch = shd.per_device(prepare, in_specs=(P(shd.DATA), P()),
+                             out_specs=P(shd.DATA))(batch, rng)
     k = grad_accum_steps
     if k == 1:
       (_, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng)
@@ -119,12 +122,29 @@ def make_eval_step(model: nn.Module, task) -> Callable:
   return eval_step
 
 
+class _WithMesh:
+  """A jitted function called (so traced and lowered) under ``jax.set_mesh(mesh)``, which
+  lets ``shd.per_device`` find the mesh; ``lower`` too, for HLO inspection."""
+
+  def __init__(self, jitted, mesh):
+    self._jitted, self._mesh = jitted, mesh
+
+  def __call__(self, *args):
+    with jax.set_mesh(self._mesh):
+      return self._jitted(*args)
+
+  def lower(self, *args):
+    with jax.set_mesh(self._mesh):
+      return self._jitted.lower(*args)
+
+
 def jit_train_step(train_step, state_sharding, mesh):
-  return jax.jit(train_step, in_shardings=(state_sharding, shd.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, shd.replicated(mesh)), donate_argnums=(0,))
+  return _WithMesh(jax.jit(train_step, in_shardings=(state_sharding, shd.batch_sharding(mesh)),
+                           out_shardings=(state_sharding, shd.replicated(mesh)),
+                           donate_argnums=(0,)), mesh)
 
 
 def jit_eval_step(eval_step, params_sharding, model_state_sharding, mesh):
-  return jax.jit(eval_step,
-                 in_shardings=(params_sharding, model_state_sharding, shd.batch_sharding(mesh)),
-                 out_shardings=shd.replicated(mesh))
+  return _WithMesh(jax.jit(
+      eval_step, in_shardings=(params_sharding, model_state_sharding, shd.batch_sharding(mesh)),
+      out_shardings=shd.replicated(mesh)), mesh)

@@ -100,10 +100,14 @@ class ClassificationTask:
 
   # ------------------------------------------------------------------ train batch
   def train_batch(self, batch, rng):
-    """Mixup / CutMix of the global batch (timm ``Mixup(mode='batch')``), when configured.
+    """Mixup / CutMix of a batch (timm ``Mixup(mode='batch')``), when configured.
+
+    The train step calls it on each device's shard of the global batch (as timm mixes
+    each GPU's batch): example i is paired with b - 1 - i of the same device, so no image
+    crosses devices; every device uses the step's rng (one lam and box per step).
 
     Args:
-      batch: {'image': float [B, H, W, 3], 'label': int [B], ...}, B the global batch.
+      batch: {'image': float [b, H, W, 3], 'label': int [b], ...}, one device's rows.
       rng: the step's PRNG key (a pure function of the step, so resuming stays exact).
 
     Returns:
@@ -113,8 +117,10 @@ class ClassificationTask:
     if self.mixup is None:
       return batch
     if batch['image'].shape[0] % 2:
-      raise ValueError(f'Mixup / CutMix pair example i with B - 1 - i and need an even batch: '
-                       f'got {batch["image"].shape[0]}. Use an even config.batch_size.')
+      raise ValueError(f'Mixup / CutMix pair example i with b - 1 - i of each device\'s '
+                       f'b = config.batch_size / devices examples and need an even b: got '
+                       f'{batch["image"].shape[0]}. Use a config.batch_size that is an even '
+                       f'multiple of the device count.')
     from swin_jax.data import mixup as mixup_lib  # pylint: disable=g-import-not-at-top
     images, targets = mixup_lib.mixup_cutmix(
         jax.random.fold_in(rng, MIX_RNG_STREAM), batch['image'], batch['label'],
