@@ -107,6 +107,7 @@ def get_config():
   c.distributed.coordinator_address = ''
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
+  c.distributed.initialization_timeout = 300  # seconds to wait for every process to join
   return c
 
 

@@ -56,10 +56,13 @@ def test_classification_step_with_mixup_only_reduces_gradients_and_metrics(count
   assert c['in_loops'] == {}, c
 
 
-def test_fsdp_step_gathers_params_and_permutes_nothing(counts):
+def test_fsdp_step_gathers_params_and_moves_no_activations(counts):
   c = counts['vit_mixup_fsdp']
   assert c['total'].get('all-gather', 0) > 0, c  # the sharded params, gathered for use
-  assert 'collective-permute' not in c['total'], c
+  # Gradients go back as all-reduce / reduce-scatter; no all-to-all or permute of
+  # activations (before the params were gathered explicitly: 3 all-to-alls in the MLPs'
+  # backward, where XLA split activations by the sharded weight dimension).
+  assert set(c['total']) <= {'all-gather', 'all-reduce', 'reduce-scatter'}, c
   assert c['in_loops'] == {}, c
 
 

@@ -225,7 +225,10 @@ def test_shunted_batchnorm_stats_over_processes_checkpoint_resume_and_eval(tfds_
   mp_dir, one_dir = str(tmp_path / 'mp'), str(tmp_path / 'one')
   codes, outs = _run_cluster(_cli(SHUNTED, SHUNTED_FIELDS, mp_dir, tfds_dir))
   assert codes == [0, 0], [o[-2000:] for o in outs]
-  _one_process(SHUNTED, SHUNTED_FIELDS, one_dir, tfds_dir, devices=1)
+  c = set_fields(load_config(SHUNTED, 'quick'), SHUNTED_FIELDS)
+  c.input.data_dir = tfds_dir
+  assert jax.device_count() == 1  # this test process: the 1-device reference runs here
+  loop.train_and_evaluate(c, one_dir)
   mp, one = _records(mp_dir, 'train'), _records(one_dir, 'train')
   losses = np.array([r['loss'] for r in one])
   assert len(losses) == 6 and np.all(np.isfinite(losses)) and losses[-1] != losses[0]
@@ -249,16 +252,14 @@ def test_shunted_batchnorm_stats_over_processes_checkpoint_resume_and_eval(tfds_
   work = str(tmp_path / 'resume')
   shutil.copytree(one_dir, work)
   shutil.rmtree(os.path.join(work, 'checkpoints', '6'))
-  c = set_fields(load_config(SHUNTED, 'quick'), SHUNTED_FIELDS)
-  c.input.data_dir = tfds_dir
   loop.train_and_evaluate(c, work)
   resumed = _state(work, 6)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   jax.tree.map(close, resumed['model_state'], want['model_state'])
   jax.tree.map(close, resumed['params'], want['params'])
 
-  # Evaluation uses the running averages: other batch_stats give other eval results, and
-  # eval mode differs from train mode (batch statistics) on the same images.
+  # The trainer's evaluation uses the checkpointed running averages: other batch_stats give
+  # other results (that eval mode uses running averages at all: tests/test_shunted.py).
   trainer = loop.Trainer(c, work)
   state = trainer.initial_state()
   trainer.ckpt.close()
@@ -266,8 +267,23 @@ def test_shunted_batchnorm_stats_over_processes_checkpoint_resume_and_eval(tfds_
       lambda p, a: np.zeros_like(a) if p[-1].key == 'mean' else np.ones_like(a),
       jax.device_get(state.model_state))
   assert trainer.evaluate(state)['loss'] != trainer.evaluate(state.replace(model_state=fresh))['loss']
-  x = np.random.default_rng(0).standard_normal((8, 32, 32, 3)).astype(np.float32)
-  variables = {'params': state.params, **state.model_state}
-  eval_logits = trainer.model.apply(variables, x, train=False)
-  train_logits, _ = trainer.model.apply(variables, x, train=True, mutable=['batch_stats'])
-  assert not np.allclose(eval_logits, train_logits, atol=1e-4)
+
+
+def test_launcher_arguments_environment_and_exit_codes():
+  from swin_jax.tools import launch_local
+  args = launch_local.process_args(['--config=c.py', '--workdir=w'], 3, 2, 4321)
+  assert args == ['--config=c.py', '--workdir=w', '--config.distributed.initialize=True',
+                  '--config.distributed.coordinator_address=127.0.0.1:4321',
+                  '--config.distributed.num_processes=3', '--config.distributed.process_id=2']
+  env = launch_local.process_env(4, {'XLA_FLAGS': '--a=1 --xla_force_host_platform_device_count=8'})
+  assert env['XLA_FLAGS'] == '--a=1 --xla_force_host_platform_device_count=4'
+  assert env['JAX_PLATFORMS'] == 'cpu'
+  assert launch_local.exit_code([0, 0]) == 0
+  assert launch_local.exit_code([0, 3, 1]) == 3
+  assert launch_local.exit_code([-signal.SIGKILL, 0]) == 128 + signal.SIGKILL
+  port = launch_local.free_port()
+  assert 1024 <= port < 65536
+  res = subprocess.run([sys.executable, '-m', 'swin_jax.tools.launch_local',
+                        '--num_processes=2'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+  assert res.returncode == 2 and 'give the swin_jax.main arguments after --' in res.stderr

@@ -245,7 +245,8 @@ class Trainer:
         steps_lib.make_train_step(
             self.model, self.task, self.tx, self.schedule, base_rng=self.dropout_rng,
             grad_accum_steps=self.config.optimizer.get('grad_accum_steps', 1),
-            ema_decay=self.config.optimizer.get('ema_decay', 0.0)),
+            ema_decay=self.config.optimizer.get('ema_decay', 0.0),
+            gather_params=bool(self.config.get('sharding', {}).get('fsdp', False))),
         self.state_sharding, self.mesh)
 
   def train(self) -> Dict[str, Any]:

@@ -45,8 +45,13 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng, 
 
 def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
                     schedule: Callable, *, base_rng, grad_accum_steps: int = 1,
-                    ema_decay: float = 0.0) -> Callable:
+                    ema_decay: float = 0.0, gather_params: bool = False) -> Callable:
   """Returns train_step(state, batch) -> (state, metrics) (not yet jitted).
+
+  gather_params (FSDP): the sharded params are gathered whole before the forward pass
+  (ZeRO-3: all-gather the weights, compute on each device's rows, reduce-scatter the
+  gradients back to the param shards). Without it XLA may instead split a layer's
+  activations by the sharded weight dimension, moving activations between devices.
 
   With grad_accum_steps = k the global batch is split into k micro-batches (interleaved, so
   each stays spread over all devices); their gradients are averaged before one update, which
@@ -61,6 +66,8 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
   prepare = getattr(task, 'train_batch', None)
 
   def loss_fn(params, model_state, micro, rng):
+    if gather_params:  # P(): replicated on the mesh of jit_train_step's set_mesh
+      params = jax.lax.with_sharding_constraint(params, P())
     variables = {'params': params, **model_state}
     kwargs = task.model_kwargs(micro)
     if model_state:
