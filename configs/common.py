@@ -29,7 +29,11 @@ def get_config():
   c.input.random_erasing = 0.0  # probability of timm RandomErasing ('pixel'), after normalise
   c.input.repeated_augmentation = 1  # k > 1: each image k times in a row (DeiT's RASampler)
   c.input.eval_resize = 'center_crop'  # shorter side 224 / 0.875 = 256, central crop
-  c.input.shuffle_buffer = 10_000
+  # The loader (grain, swin_jax/data/loader.py): read threads per process, batches
+  # buffered ahead, worker processes (README "Input": how to size them per host).
+  c.input.num_threads = 4
+  c.input.prefetch = 4
+  c.input.num_workers = 0
   c.input.cache = False
 
   # Every field but `name` is passed to create_model(name, **fields).
@@ -127,7 +131,6 @@ def digits_config(image_size: int = 16):
   c.input.std = (0.5, 0.5, 0.5)
   c.input.train_augment = 'digits'  # shift by up to 1 source pixel; no flips for digits
   c.input.eval_resize = 'direct'
-  c.input.shuffle_buffer = 2048
   c.input.cache = True
   c.model.drop_path_rate = 0.0
   c.batch_size = 64
@@ -199,7 +202,6 @@ def detection_config():
   c.input.eval_scale = 800
   c.input.pad_size = (1344, 1344)  # static shape for jit: >= max_size, multiple of 32
   c.input.max_boxes = 100
-  c.input.shuffle_buffer = 10_000
   del c.input.image_size, c.input.train_augment, c.input.eval_resize
 
   c.model = ml_collections.ConfigDict()

@@ -120,17 +120,20 @@ def draw_split_examples(config, variables, outdir: str, num: int, threshold: flo
                         split: Optional[str] = None) -> List[str]:
   """Draws the predictions on the first ``num`` images of the eval split; returns the paths
   (``<outdir>/<split>_<image id>.png``)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from swin_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from swin_jax.data import loader  # pylint: disable=g-import-not-at-top
   split = split or config.input.eval_split
   builder = input_pipeline.get_builder(config.input)
+  source = loader.open_source(builder, split)  # images encoded
   predictor = Predictor(config, variables)
   names = class_names(config)
   paths = []
-  for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).take(num)):
-    scores, labels, boxes = predictor(ex['image'])
+  for i in range(min(int(num), len(source))):
+    ex = source[i]
+    image = input_pipeline.decode_image(ex['image']).numpy()
+    scores, labels, boxes = predictor(image)
     path = os.path.join(outdir, f'{split}_{int(ex.get("image/id", len(paths)))}.png')
-    draw(ex['image'], scores, labels, boxes, threshold, names, path)
+    draw(image, scores, labels, boxes, threshold, names, path)
     paths.append(path)
   return paths
 

@@ -338,13 +338,14 @@ def test_groundtruth_from_tfds_builder():
     names = [f'n{i}' for i in range(80)]
 
   class FakeBuilder:
-    info = type('Info', (), {'features': {'objects': {'label': Label()}}})()
+    info = type('Info', (), {'features': {'image': None, 'objects': {'label': Label()}},
+                             'file_format': tfds.core.file_adapters.FileFormat.ARRAY_RECORD})()
 
-    def as_dataset(self, split, shuffle_files, decoders):
-      calls.update(split=split, decoders=decoders)
-      return _dataset()
+    def as_data_source(self, split, decoders, file_format):
+      calls.update(split=split, decoders=decoders, file_format=file_format)
+      return list(tfds.as_numpy(_dataset()))  # random access, images encoded
 
   gt = E.groundtruth_from_tfds(FakeBuilder(), 'validation')
-  assert calls['split'] == 'validation'
+  assert calls['split'] == 'validation' and calls['file_format'] == 'array_record'
   assert isinstance(calls['decoders']['image'], tfds.decode.SkipDecoding)
   assert gt['categories'][3] == {'id': 3, 'name': 'n3'} and len(gt['images']) == 3

@@ -11,6 +11,8 @@ import tensorflow_datasets as tfds
 
 from swin_jax.data import coco_ids
 from swin_jax.data import detection_pipeline as dp
+from swin_jax.data import input_pipeline as ip
+from swin_jax.data import loader
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -25,7 +27,9 @@ def small_cfg(**overrides):
       eval_split='validation', num_classes=None, mean=MEAN, std=STD,
       label_map=None, train_scales=(32, 40, 48), max_size=64, flip=True,
       crop=True, crop_scales=(36, 44), crop_size=(24, 40), eval_scale=48,
-      pad_size=64, max_boxes=4, shuffle_buffer=8, cache=False)
+      pad_size=64, max_boxes=4, cache=False,
+      # One read thread, one batch ahead: the tests take few batches.
+      num_threads=1, prefetch=1)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -49,36 +53,28 @@ def example(image_id, h, w, bbox=(), labels=(), crowd=None, corrupt=False,
   }
 
 
-SIGNATURE = {
-    'image': tf.TensorSpec([], tf.string),
-    'image/id': tf.TensorSpec([], tf.int64),
-    'objects': {'bbox': tf.TensorSpec([None, 4], tf.float32),
-                'label': tf.TensorSpec([None], tf.int64),
-                'is_crowd': tf.TensorSpec([None], tf.bool)},
-}
+def train_it(examples, cfg=None, batch_size=2, seed=0, start_step=0,
+             process_index=0, process_count=1):
+  """The train iterator over `examples` (a list: random access, as a tfds
+  ArrayRecord source)."""
+  cfg = cfg or small_cfg()
+  parsed = dp.parse_config(cfg)
+  ds = dp.train_dataset(examples, parsed, batch_size=batch_size, seed=seed,
+                        start_step=start_step, process_index=process_index,
+                        process_count=process_count,
+                        read=loader.read_config(cfg))
+  return dp.DetectionIterator(ds, max_boxes=parsed.max_boxes)
 
 
-def dataset(examples):
-  return tf.data.Dataset.from_generator(lambda: iter(examples),
-                                        output_signature=SIGNATURE)
-
-
-def train_it(examples, cfg=None, batch_size=2, seed=0, start_step=0):
-  cfg = dp.parse_config(cfg or small_cfg())
-  ds = dp.train_dataset(dataset(examples), cfg, batch_size=batch_size,
-                        seed=seed, start_step=start_step)
-  return dp.DetectionIterator(ds, max_boxes=cfg.max_boxes,
-                              first_index=start_step * batch_size)
-
-
-def eval_it(examples, cfg=None, batch_size=2, num_batches=None):
-  cfg = dp.parse_config(cfg or small_cfg())
-  n = len(examples)
-  num_batches = num_batches or -(-n // batch_size)
-  ds = dp.eval_dataset(dataset(examples), cfg, batch_size=batch_size,
-                       num_batches=num_batches)
-  return dp.DetectionIterator(ds, max_boxes=cfg.max_boxes, num_source=n,
-                              name='eval')
+def eval_it(examples, cfg=None, batch_size=2, process_index=0,
+            process_count=1):
+  cfg = cfg or small_cfg()
+  parsed = dp.parse_config(cfg)
+  ds = dp.eval_dataset(examples, parsed, batch_size=batch_size,
+                       process_index=process_index,
+                       process_count=process_count,
+                       read=loader.read_config(cfg))
+  return dp.DetectionIterator(ds, max_boxes=parsed.max_boxes, name='eval')
 
 
 def many_examples(n=12):
@@ -260,7 +256,7 @@ def test_train_batches_shapes_mask_and_sizes():
 
 def test_flip_mirrors_cx_and_keeps_labels():
   # No resize (scale = the shorter side) and no crop: only the flip acts.
-  cfg = small_cfg(train_scales=(40,), crop=False, shuffle_buffer=1)
+  cfg = small_cfg(train_scales=(40,), crop=False)
   ex = example(1, 40, 50, [[.2, .1, .6, .3]], [7])
   it = train_it([ex], cfg, batch_size=8)
   batch = next(it)
@@ -290,11 +286,13 @@ def test_crop_branch_keeps_boxes_inside_crop():
 
 def test_determinism_and_resume():
   # A resumed iterator equal to a fresh one's tail also shows that two
-  # iterators with one seed agree (the shuffle spans epochs: 12 examples).
+  # iterators with one seed agree (the shuffle spans epochs: 12 examples),
+  # whatever the read threads and prefetch.
   exs = many_examples()
   fresh = train_it(exs, seed=3)
   first = [next(fresh) for _ in range(9)]
-  resumed = train_it(exs, seed=3, start_step=7)
+  resumed = train_it(exs, small_cfg(num_threads=4, prefetch=4), seed=3,
+                     start_step=7)
   for want in first[7:]:
     got = next(resumed)
     assert set(got) == set(want)
@@ -304,10 +302,43 @@ def test_determinism_and_resume():
   assert not np.array_equal(other['image'], first[0]['image'])
 
 
+def test_train_rows_are_the_per_example_ops_seeded_by_the_global_index():
+  """A batch (one TF call for all rows) equals the ops run eagerly on each
+  row's record, seeded by fold_in([seed, 0], g), g the global element index:
+  bit for bit, as the tf.data pipeline's per-element map gave."""
+  exs = many_examples()
+  cfg = dp.parse_config(small_cfg())
+  seed, step, b = 5, 3, 4
+  order = loader.TrainOrder(local_batch=b, num_records=len(exs), seed=seed)
+  batch = next(train_it(exs, batch_size=b, seed=seed, start_step=step))
+  for row, g in enumerate(order.global_indices(step)):
+    ex = exs[order.record(g)]
+    image = ip.decode_image(ex['image'])
+    boxes, labels, _ = dp.coco_targets(tf.shape(image)[:2], ex['objects'])
+    elem_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, 0], tf.int64), g)
+    want = dp.pad_and_pack(*dp.augment_train(image, boxes, labels, elem_seed,
+                                             cfg), cfg)
+    for key in ('image', 'image_mask', 'boxes', 'labels', 'valid'):
+      np.testing.assert_array_equal(batch[key][row], want[key].numpy())
+
+
+def test_processes_compute_their_rows_of_the_global_batch():
+  exs = many_examples()
+  for start in (0, 5):  # 5: past the first epoch (12 examples, B = 4)
+    one = next(train_it(exs, batch_size=4, seed=1, start_step=start))
+    halves = [next(train_it(exs, batch_size=2, seed=1, start_step=start,
+                            process_index=p, process_count=2))
+              for p in range(2)]
+    for key in one:
+      np.testing.assert_array_equal(
+          np.concatenate([h[key] for h in halves]), one[key])
+
+
 def test_image_without_boxes():
   exs = [example(1, 40, 40), example(2, 40, 40, [[.1, .1, .5, .5]], [1])]
-  batch = next(train_it(exs, small_cfg(shuffle_buffer=1), batch_size=2))
-  assert batch['valid'][0].sum() == 0 and batch['valid'][1].sum() == 1
+  batch = next(train_it(exs, batch_size=2))  # one epoch: both, shuffled
+  assert sorted(batch['valid'].sum(1).tolist()) == [0, 1]
   batch = next(eval_it(exs))
   assert batch['valid'][0].sum() == 0 and batch['mask'].all()
 
@@ -358,21 +389,58 @@ def test_box_outside_image_is_clipped_and_warned_once(caplog):
 def test_corrupt_images_are_skipped_and_counted(caplog):
   exs = many_examples(8)
   exs[2] = example(102, 40, 40, corrupt=True)
-  exs[7] = example(107, 40, 40, corrupt=True)  # last: no later index
+  exs[7] = example(107, 40, 40, corrupt=True)  # the last record
   with caplog.at_level(logging.WARNING, logger=LOGGER):
     it = eval_it(exs, batch_size=3)
     batches = list(it)
   assert len(batches) == 3  # ceil(8 / 3), whatever was skipped
   ids = np.concatenate([b['image_id'][b['mask']] for b in batches])
   assert ids.tolist() == [100, 101, 103, 104, 105, 106]
+  # Their rows are padding rows: all zeros, mask False.
+  assert batches[0]['mask'].tolist() == [True, True, False]
+  assert batches[2]['mask'].tolist() == [True, False, False]  # 7: corrupt, 8: past N
+  for row in (batches[0], 2), (batches[2], 1):
+    assert not any(v[row[1]].any() for v in row[0].values())
   assert it.stats['skipped_images'] == 2 and it.stats['examples'] == 6
-  assert any('skipped 2 image' in r.getMessage() for r in caplog.records)
-  # Train: never crashes, counts skips over epochs (the stream repeats).
-  it = train_it(exs, batch_size=3)
+  logged = [r.getMessage() for r in caplog.records]
+  assert any('skipped 1 image' in m for m in logged)
+  assert any('skipped 2 image' in m for m in logged)  # logged again: doubled
+  # Train: a corrupt record's row reads the next record index that decodes,
+  # with its own global index (seed): record 2 -> 3, 6 -> 7 (corrupt) -> 0,
+  # 7 -> 0. So the batches are those of a split holding those records there,
+  # full, and each corrupt record read is counted.
+  exs[6] = example(106, 40, 40, corrupt=True)
+  fixed = list(exs)
+  fixed[2], fixed[6], fixed[7] = exs[3], exs[0], exs[0]
+  it, want_it = train_it(exs, batch_size=3), train_it(fixed, batch_size=3)
   for _ in range(6):  # 18 elements = 2+ epochs of 8
-    next(it)
-  assert it.stats['skipped_images'] >= 4
-  assert it.stats['examples'] == 18
+    got, want = next(it), next(want_it)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  order = loader.TrainOrder(local_batch=3, num_records=8, seed=0)
+  reads = {2: 1, 6: 2, 7: 1}  # corrupt records read per row
+  skips = sum(reads.get(order.record(g), 0) for g in range(18))
+  assert skips >= 8  # every epoch reads each record once
+  assert it.stats['skipped_images'] == skips and it.stats['examples'] == 18
+  assert want_it.stats['skipped_images'] == 0
+
+
+def test_errors_other_than_a_corrupt_image_raise(monkeypatch):
+  """Only a failed decode is skipped: an op failing on good images (a bug)
+  raises from the iterator."""
+  def broken(image, boxes, *args, **kwargs):  # slices past the image's end
+    image, boxes = resize(image, boxes, *args, **kwargs)
+    return tf.slice(image, [0, 0, 0], tf.shape(image) + [1, 0, 0]), boxes
+
+  resize = dp.resize
+  monkeypatch.setattr(dp, 'resize', broken)
+  monkeypatch.setattr(dp, '_FUNCTIONS', {})  # traced here, broken; dropped after
+  cfg = small_cfg(flip=False, crop=False)  # small graphs: cheap to trace
+  exs = many_examples(4)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    next(train_it(exs, cfg))
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    next(eval_it(exs, cfg))
 
 
 def test_oversized_image_cropped_to_pad():
@@ -395,6 +463,8 @@ MOCK_SIZES = {'train': 10, 'validation': 5}
 
 
 def _mock_example(split, i):
+  """coco/2017's record i as its tfds ArrayRecord source gives it: the image
+  encoded, objects as lists of numpy values."""
   rng = np.random.RandomState([len(split), i])
   h, w = rng.randint(20, 70, 2)
   k = rng.randint(0, 4)
@@ -403,26 +473,43 @@ def _mock_example(split, i):
   return {
       'image': tf.io.encode_jpeg(
           rng.randint(0, 255, (h, w, 3)).astype(np.uint8)).numpy(),
-      'image/id': np.int64((1000 if split == 'validation' else 0) + i),
-      'image/filename': f'{i:012d}.jpg',
-      'objects': {'bbox': bbox.reshape(k, 4),
-                  'label': rng.randint(0, 80, k).astype(np.int64),
-                  'is_crowd': np.arange(k) == 2,
-                  'area': np.ones(k, np.int64), 'id': np.arange(k)},
+      'image/id': (1000 if split == 'validation' else 0) + i,
+      'image/filename': f'{i:012d}.jpg'.encode(),
+      'objects': {'bbox': list(bbox.reshape(k, 4)),
+                  'label': list(rng.randint(0, 80, k).astype(np.int64)),
+                  'is_crowd': list(np.arange(k) == 2),
+                  'area': list(np.ones(k, np.int64)),
+                  'id': list(np.arange(k, dtype=np.int64))},
   }
+
+
+class _MockSource:
+  """Random access to a split's mock records; logs (split, index) reads."""
+
+  def __init__(self, name, skip, take, reads):
+    self.name, self.skip, self.take, self.reads = name, skip, take, reads
+
+  def __len__(self):
+    return self.take
+
+  def __getitem__(self, i):
+    self.reads.append((self.name, self.skip + i))
+    return _mock_example(self.name, self.skip + i)
 
 
 @pytest.fixture(scope='module')
 def coco_metadata_dir(tmp_path_factory):
-  """A data dir holding coco/2017's dataset_info with small splits."""
+  """A data dir holding coco/2017's dataset_info (ArrayRecord) with small
+  splits."""
   data_dir = str(tmp_path_factory.mktemp('coco_tfds'))
-  builder = tfds.builder('coco/2017', data_dir=data_dir, try_gcs=False)
+  builder = tfds.builder('coco/2017', data_dir=data_dir, try_gcs=False,
+                         file_format='array_record')
   splits = [tfds.core.SplitInfo(
       name=name, shard_lengths=[n], num_bytes=0,
       filename_template=tfds.core.ShardedFileTemplate(
           data_dir=builder.data_dir, dataset_name='coco', split=name,
           template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
-          filetype_suffix='tfrecord')) for name, n in MOCK_SIZES.items()]
+          filetype_suffix='array_record')) for name, n in MOCK_SIZES.items()]
   builder.info.set_splits(tfds.core.SplitDict(splits))
   os.makedirs(builder.data_dir)
   builder.info.write_to_directory(builder.data_dir)
@@ -431,27 +518,22 @@ def coco_metadata_dir(tmp_path_factory):
 
 @pytest.fixture
 def mock_coco(coco_metadata_dir):
-  """coco/2017 with mocked examples (the real metadata files of the data
+  """coco/2017 with mocked records (the real metadata files of the data
   dir make get_builder's is_prepared check pass unpatched)."""
   data_dir = coco_metadata_dir
-  requested = []
+  reads = []
 
-  def as_dataset_fn(self, split, decoders=None, **kwargs):
+  def as_data_source_fn(self, split, decoders=None, **kwargs):
     del kwargs
     assert isinstance(decoders['image'], tfds.decode.SkipDecoding)
-    requested.append(split)
     (fi,) = self.info.splits[split].file_instructions
     name = os.path.basename(fi.filename).split('-')[1].split('.')[0]
-    exs = [_mock_example(name, i) for i in range(fi.skip, fi.skip + fi.take)]
-    sig = dict(SIGNATURE, **{'image/filename': tf.TensorSpec([], tf.string)})
-    sig['objects'] = dict(sig['objects'], area=tf.TensorSpec([None], tf.int64),
-                          id=tf.TensorSpec([None], tf.int64))
-    return tf.data.Dataset.from_generator(lambda: iter(exs),
-                                          output_signature=sig)
+    return _MockSource(name, fi.skip, fi.take, reads)
 
-  with tfds.testing.mock_data(as_dataset_fn=as_dataset_fn, data_dir=data_dir,
+  with tfds.testing.mock_data(as_data_source_fn=as_data_source_fn,
+                              data_dir=data_dir,
                               policy=tfds.testing.MockPolicy.USE_FILES):
-    yield data_dir, requested
+    yield data_dir, reads
 
 
 def test_mock_coco_train_and_eval(mock_coco):
@@ -482,10 +564,13 @@ def test_mock_coco_processes_read_their_rows_of_the_global_batch(mock_coco):
   whole = list(dp.make_detection_eval_iterator(cfg, split='train', global_batch_size=4))
   parts, its = [], []
   for p in range(2):
+    del requested[:]
     it = dp.make_detection_eval_iterator(cfg, split='train', global_batch_size=4,
                                          process_index=p, process_count=2)
     parts.append(list(it))
     its.append(it)
+    # It read its own rows' records only, once each: (g mod 4) // 2 == p.
+    assert sorted(requested) == [('train', g) for g in range(10) if g % 4 // 2 == p]
   assert len(whole) == len(parts[0]) == len(parts[1]) == 3  # ceil(10 / 4)
   for k in range(3):  # side by side: one process's global eval batches
     for key in ('image_id', 'mask', 'image', 'boxes', 'valid'):
@@ -501,7 +586,7 @@ def test_mock_coco_processes_read_their_rows_of_the_global_batch(mock_coco):
       cfg, global_batch_size=4, seed=0, process_index=p, process_count=2)) for p in range(2)]
   for key in ('image', 'image_mask', 'boxes', 'labels', 'valid'):
     np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), one[key])
-  assert set(requested) == {'train'}  # every process reads the whole split
+  assert {split for split, _ in requested} == {'train'}
 
 
 def test_digits_detection_train_and_eval(detection_tfds_dir):
@@ -509,7 +594,7 @@ def test_digits_detection_train_and_eval(detection_tfds_dir):
       dataset='digits_detection', data_dir=detection_tfds_dir,
       eval_split='test', num_classes=10, train_scales=(64, 80, 96),
       max_size=128, crop_scales=(64, 80), crop_size=(48, 64), eval_scale=96,
-      pad_size=128, max_boxes=4, shuffle_buffer=64)
+      pad_size=128, max_boxes=4)
   batch = next(dp.make_detection_train_iterator(cfg, global_batch_size=8,
                                                 seed=0))
   assert batch['image'].shape == (8, 128, 128, 3)

@@ -344,12 +344,11 @@ def _predict(args, cache_dir):
 def _start_predict_runs(config, workdir, d, cache_dir):
   """`python -m swin_jax.predict` on the first test canvas (written with PIL), and on a
   workdir that does not exist; started, not waited for."""
-  import tensorflow_datasets as tfds
   from PIL import Image
   from swin_jax.data import input_pipeline
   os.makedirs(d)
   builder = input_pipeline.get_builder(config.input)
-  (ex,) = tfds.as_numpy(builder.as_dataset(split='test', shuffle_files=False).take(1))
+  ex = builder.as_data_source(split='test')[0]  # image decoded by tfds
   image, out = str(d / 'in.png'), str(d / 'out' / 'out.png')
   Image.fromarray(ex['image']).save(image)
   procs = {

@@ -132,14 +132,14 @@ def _digits_cfg(tfds_dir, **overrides):
       dataset='sklearn_digits', data_dir=tfds_dir, train_split='train', eval_split='test',
       image_size=16, num_classes=10, mean=(0.5,) * 3, std=(0.5,) * 3,
       train_augment='inception_crop', rand_augment='', color_jitter=0.0, random_erasing=0.0,
-      repeated_augmentation=1, eval_resize='direct', shuffle_buffer=2048, cache=True)
+      repeated_augmentation=1, eval_resize='direct', cache=True)
   return ml_collections.ConfigDict(dict(fields, **overrides))
 
 
 def _batches(cfg, n, start_step=0, batch=48, seed=7, keep_keys=('id',)):
   ds = ip.make_train_dataset(cfg, global_batch_size=batch, seed=seed, start_step=start_step,
                              keep_keys=keep_keys)
-  it = iter(tfds.as_numpy(ds))
+  it = iter(ds)
   return [next(it) for _ in range(n)]
 
 
@@ -190,9 +190,11 @@ def test_random_erasing_and_rand_augment_act_on_top_of_the_same_crops(tfds_dir):
   pixels = lambda x: np.round((x * 0.5 + 0.5) * 255.0)
   same = sum(np.array_equal(pixels(x), pixels(y)) for a, b in zip(base, ra)
              for x, y in zip(a['image'], b['image']))
-  # Two layers applied with p 0.5 each: ~1/4 untouched (more: some ops are identities on
-  # these grey digits, e.g. Color), the rest changed.
-  assert 10 <= same <= 70, same
+  # Two layers, each applied with p 0.5, leave at most ~1/4 untouched; fewer compare equal
+  # here (measured: 9.4% over 6 batches at each of 3 seeds), as the rounded float crop of
+  # the plain run and the uint8 one of the RandAugment run may differ by one level. All
+  # untouched (RandAugment off) or none (always on) both fail.
+  assert 3 <= same <= 40, same
 
 
 def test_recipe_option_errors_name_the_field(tfds_dir):
@@ -245,6 +247,7 @@ def mock_imagenet_dir(tmp_path_factory):
     builder.info.set_splits(tfds.core.SplitDict([
         tfds.core.SplitInfo(name=s, shard_lengths=[24], num_bytes=0)
         for s in ('train', 'validation')]))
+    builder.info.set_file_format('array_record', override=True)  # what the loader reads
     os.makedirs(builder.data_path, exist_ok=True)
     builder.info.write_to_directory(builder.data_path)
   return d
@@ -254,7 +257,6 @@ def test_imagenet2012_mock_data_through_the_recipe_pipeline(mock_imagenet_dir):
   cfg = load_config('configs/swin/swin_i1k.py', 'T').input
   cfg.data_dir = mock_imagenet_dir
   cfg.image_size = 32
-  cfg.shuffle_buffer = 16
   cfg.repeated_augmentation = 3  # DeiT's, to run it too
   with tfds.testing.mock_data(num_examples=24, data_dir=mock_imagenet_dir):
     assert ip.get_num_examples(cfg, 'train') == 24

@@ -48,7 +48,6 @@ def get_config(arg=None):
   c.input.eval_scale = 56
   c.input.pad_size = (80, 80)
   c.input.max_boxes = 6
-  c.input.shuffle_buffer = 2000
   c.input.cache = True
 
   # The paper's start, in small: the backbone is trained as a classifier first (on the

@@ -1,4 +1,4 @@
-"""tf.data input pipeline for DETR object detection (coco/2017-style TFDS).
+"""Input pipeline for DETR object detection (coco/2017-style TFDS), on grain.
 
 The trainer uses two functions:
 
@@ -9,7 +9,8 @@ The trainer uses two functions:
                                process_index=0, process_count=1)
                                -> DetectionIterator
 
-Datasets: any TFDS dataset with the features of `coco/2017`:
+Datasets: any TFDS dataset with the features of `coco/2017`, prepared as
+ArrayRecord (random access, swin_jax/data/loader.py):
   image: uint8 [H, W, 3]; image/id: int64;
   objects: {bbox: float32 [n, 4] normalised (ymin, xmin, ymax, xmax),
             label: int64 [n] (ClassLabel), is_crowd: bool [n], ...}.
@@ -39,16 +40,22 @@ image, empty boxes dropped):
 Resizes are bilinear (antialiased when shrinking, as PIL's) and the image is
 re-quantised to uint8 after each one, as DETR's PIL images are.
 
-Determinism, resuming and the process split work exactly as in
-input_pipeline: elements are enumerated after the seeded shuffle (the global
-stream, the same in every process), `start_step * B` of them are skipped and
-process p keeps rows [p * b, (p + 1) * b) of each global batch of B, all
-before decoding, and every random draw is stateless from (seed, global
-element index). So the global batch does not depend on the process count.
+Determinism, resuming and the process split are those of loader (as in
+input_pipeline): row g of the global stream reads record
+TrainOrder.record(g) and draws every random number statelessly from
+(seed, g); `start_step` costs nothing (no stream is replayed); process p
+reads and computes only its rows [p * b, (p + 1) * b) of each global batch
+of B. So a batch is a pure function of the step, whatever the process count
+or the read threads. Each batch is one TF call (one tf.function, a parallel
+map over its records inside), their boxes passed ragged (flat values + row
+splits).
 
 Bad inputs never crash silently or obscurely:
-  * a corrupt image is skipped (tf.data ignore_errors after decoding only);
-    the iterator counts the gaps in the element index and logs the count;
+  * a corrupt image (its decode fails): in train its row reads the next
+    record index instead ((r + 1) mod N, then + 2, ...) that decodes, with
+    the row's own seed; in eval its row is padding (mask False). Counted in
+    stats['skipped_images'] and logged when the count first becomes
+    non-zero and whenever it doubles. Any other error raises;
   * a box outside the image is clipped to it; counted, warned once;
   * an image with more than max_boxes boxes (after the crowd/empty filter)
     raises ValueError from the iterator, naming the image id;
@@ -57,7 +64,8 @@ Counts are in `iterator.stats`.
 
 `input_cfg` fields (ml_collections.ConfigDict or any attribute object); the
 defaults are DETR's (datasets/coco.py):
-  dataset, data_dir, train_split, eval_split: as in input_pipeline.
+  dataset, data_dir, train_split, eval_split, cache, num_threads, prefetch,
+    num_workers: as in input_pipeline.
   num_classes: checked against objects/label's ClassLabel; must be 91 with
     label_map='coco91' (DETR's num_classes = max COCO id + 1).
   mean, std: per-channel, in 0..1 units.
@@ -73,27 +81,23 @@ defaults are DETR's (datasets/coco.py):
   pad_size: int or (H, W), the static padded shape; None = (max_size,
     max_size), the smallest that holds every image of either orientation.
   max_boxes: T, default 100 (DETR's number of queries).
-  shuffle_buffer: int, default 10_000.
-  cache: bool, cache the encoded records in memory (decoding still happens
-    after the skip, so the skip/resume and skipped-image counts stay exact).
-    Each iterator has its own cache: it helps a train stream's later
-    epochs, not successive eval iterators.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+import threading
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
+import grain
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from swin_jax.data import coco_ids
 from swin_jax.data import input_pipeline as ip
+from swin_jax.data import loader
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +110,9 @@ DETR_EVAL_SCALE = 800
 DETR_NUM_QUERIES = 100  # max_boxes default: DETR predicts 100 boxes.
 SELECT_P = 0.5  # RandomSelect: probability of the plain-resize branch.
 FLIP_P = 0.5  # RandomHorizontalFlip.
-# Host-side bookkeeping keys: in every tf.data batch, stripped by the iterator.
-_INDEX, _NUM_BOXES, _NUM_CLIPPED, _OVERSIZED, _IMAGE_ID = (
-    '_index', '_num_boxes', '_num_clipped', '_oversized', '_image_id')
+# Host-side bookkeeping keys: in every batch, stripped by the iterator.
+_NUM_BOXES, _NUM_CLIPPED, _OVERSIZED, _IMAGE_ID, _SKIPPED = (
+    '_num_boxes', '_num_clipped', '_oversized', '_image_id', '_skipped')
 
 
 # --------------------------------------------------------------------------
@@ -131,8 +135,6 @@ class DetectionConfig:
   eval_scale: int
   pad_size: Tuple[int, int]  # (Hp, Wp)
   max_boxes: int
-  shuffle_buffer: int
-  cache: bool
 
 
 def _positive_ints(value: Any, field: str) -> Tuple[int, ...]:
@@ -208,9 +210,7 @@ def parse_config(input_cfg: Any) -> DetectionConfig:
       eval_scale=_positive_ints(
           ip._cfg(input_cfg, 'eval_scale', DETR_EVAL_SCALE), 'eval_scale')[0],
       pad_size=(pad_size[0], pad_size[1]),
-      max_boxes=max_boxes,
-      shuffle_buffer=int(ip._cfg(input_cfg, 'shuffle_buffer', 10_000)),
-      cache=bool(ip._cfg(input_cfg, 'cache', False)))
+      max_boxes=max_boxes)
 
 
 def _check_classes(builder: tfds.core.DatasetBuilder, input_cfg: Any,
@@ -473,139 +473,311 @@ def pad_and_pack(image, boxes, labels, cfg: DetectionConfig) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
-# Datasets from any tf.data.Dataset of coco/2017-style examples (image left
-# encoded: bytes scalar).
+# Batches from any random-access source of coco/2017-style records (image
+# encoded bytes; objects as numpy arrays or lists of numpy values).
 # --------------------------------------------------------------------------
 
+# The ragged boxes of a batch of k records with m boxes in all: their flat
+# values and row splits (record i owns boxes [splits[i], splits[i + 1])).
+_BATCH_SIGNATURE = (
+    tf.TensorSpec([None], tf.string),  # encoded images [k]
+    tf.TensorSpec([None], tf.int64),  # row splits [k + 1]
+    tf.TensorSpec([None, 4], tf.float32),  # bbox [m, 4]
+    tf.TensorSpec([None], tf.int64),  # label [m]
+    tf.TensorSpec([None], tf.bool),  # is_crowd [m]
+)
 
-def _no_autograph(fn):
-  # The map functions use no Python control flow on tensors (tf.cond/where
-  # only), so autograph's conversion is pure tracing cost (about half).
-  return tf.autograph.experimental.do_not_convert(fn)
+
+def _flatten_records(records: Sequence[Dict[str, Any]]) -> Tuple[Any, ...]:
+  """The records' encoded images and ragged objects as the batch arrays."""
+  encoded = np.empty(len(records), dtype=object)
+  encoded[:] = [r['image'] for r in records]
+  bbox, label, crowd = [], [], []
+  for r in records:
+    objects = r['objects']
+    bbox.append(np.asarray(objects['bbox'], np.float32).reshape(-1, 4))
+    label.append(np.asarray(objects['label'], np.int64).reshape(-1))
+    crowd.append(np.asarray(objects['is_crowd'], bool).reshape(-1)
+                 if 'is_crowd' in objects else np.zeros(len(label[-1]), bool))
+  splits = np.zeros(len(records) + 1, np.int64)
+  np.cumsum([len(b) for b in bbox], out=splits[1:])
+  return (encoded, splits, np.concatenate(bbox), np.concatenate(label),
+          np.concatenate(crowd))
 
 
-def _decode(index: tf.Tensor, example: Dict[str, Any]) -> Dict[str, Any]:
-  """Decodes the image; the only step whose errors are skipped."""
-  objects = example['objects']
-  image_id = example.get('image/id', tf.constant(-1, tf.int64))
-  return {
-      'image': ip.decode_image(example['image']),
-      'image_id': tf.cast(image_id, tf.int64),
-      'objects': {k: objects[k] for k in ('bbox', 'label', 'is_crowd')
-                  if k in objects},
-      _INDEX: tf.cast(index, tf.int64),
+def _image_ids(records: Sequence[Dict[str, Any]]) -> np.ndarray:
+  return np.array([r.get('image/id', -1) for r in records], np.int64)
+
+
+def _decodes(encoded: bytes) -> bool:
+  """Whether the image decodes (the batch's own decode op, on its own)."""
+  try:
+    ip.decode_image(tf.constant(encoded, tf.string))
+  except tf.errors.InvalidArgumentError:
+    return False
+  return True
+
+
+def _eval_specs(cfg: DetectionConfig):
+  """The shapes and dtypes of an eval row (for the padding rows)."""
+  ph, pw = cfg.pad_size
+  t = cfg.max_boxes
+  spec = {
+      'image': tf.TensorSpec([ph, pw, 3], tf.float32),
+      'image_mask': tf.TensorSpec([ph, pw], tf.bool),
+      'boxes': tf.TensorSpec([t, 4], tf.float32),
+      'labels': tf.TensorSpec([t], tf.int32),
+      'valid': tf.TensorSpec([t], tf.bool),
+      _OVERSIZED: tf.TensorSpec([], tf.bool),
+      _NUM_BOXES: tf.TensorSpec([], tf.int32),
+      _NUM_CLIPPED: tf.TensorSpec([], tf.int32),
+      'size': tf.TensorSpec([2], tf.int32),
+      'orig_size': tf.TensorSpec([2], tf.int32),
   }
+  return spec
 
 
-def _decode_skipping_errors(ds: tf.data.Dataset) -> tf.data.Dataset:
-  # ignore_errors sits right after the decode map, so it drops corrupt
-  # images only; bugs in the augmentation below still raise.
-  ds = ds.map(_no_autograph(_decode), num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  return ds.ignore_errors(log_warning=False)
+def _batch_function(one, *extra_specs):
+  """One tf.function for a whole batch: one(image, objects, *extra[i]) on
+  each record i, the image decoded first.
+
+  Inside, the per-record map is a tf.data map (parallel, order kept),
+  batched and read as a single element, rather than a tf.map_fn: grappler
+  leaves tf.data functions as traced, as the old tf.data pipeline ran them,
+  while in a tf.function body its constant folding rewrites the x / 255 of
+  input_pipeline.normalize as x * (1 / 255), a 1-ulp change of a third of
+  the pixels. So each row is bit for bit what the old pipeline gave for its
+  (record, global index), at the same speed.
+  """
+  def batch(encoded, splits, bbox, label, crowd, *extra):
+    def example(encoded, lo, hi, *extra):
+      objects = {'bbox': bbox[lo:hi], 'label': label[lo:hi],
+                 'is_crowd': crowd[lo:hi]}
+      return one(ip.decode_image(encoded), objects, *extra)
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (encoded, splits[:-1], splits[1:]) + extra)
+    # No Python control flow on tensors (tf.cond / tf.where only):
+    # autograph's conversion would be pure tracing cost.
+    ds = ds.map(tf.autograph.experimental.do_not_convert(example),
+                num_parallel_calls=ip._PARALLEL_ITERATIONS, deterministic=True)
+    size = tf.shape(encoded, out_type=tf.int64)[0]
+    return ds.batch(size).get_single_element()
+
+  return tf.function(batch, input_signature=_BATCH_SIGNATURE + extra_specs,
+                     autograph=False)
 
 
-def train_dataset(ds: tf.data.Dataset, cfg: DetectionConfig, *,
+# Built batch functions by (kind, DetectionConfig, seed): the iterators of a
+# process (each evaluation makes one) share one trace per config.
+_FUNCTIONS: Dict[Tuple[Any, ...], Any] = {}
+_FUNCTIONS_LOCK = threading.Lock()
+_MAX_FUNCTIONS = 8
+
+
+class _Batches:
+  """Step -> this process's batch (grain map function), shared by train and
+  eval. Holds no TF state, so it pickles to grain workers; the batch
+  function is built (and traced) on first use in each process."""
+
+  def __init__(self, source, order, cfg: DetectionConfig):
+    self.source = source
+    self.order = order
+    self.cfg = cfg
+
+  def _key(self) -> Tuple[Any, ...]:
+    raise NotImplementedError
+
+  def _build(self):
+    raise NotImplementedError
+
+  def _function(self):
+    key = self._key()
+    with _FUNCTIONS_LOCK:  # One tf.function per key: traced once.
+      if key not in _FUNCTIONS:
+        if len(_FUNCTIONS) >= _MAX_FUNCTIONS:
+          _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
+        _FUNCTIONS[key] = self._build()
+      return _FUNCTIONS[key]
+
+  def _compute(self, records, *extra) -> Dict[str, np.ndarray]:
+    out = self._function()(*_flatten_records(records), *extra)
+    return {k: v.numpy() for k, v in out.items()}
+
+
+class _TrainBatch(_Batches):
+  """Row r of step s: record order.record(g), augmented with the seed of its
+  global index g. A record that fails to decode is replaced by the next
+  record index, (r + 1) mod N, (r + 2) mod N, ..., that decodes, with the
+  row's own g (seed), so a step's batch stays a pure function of the step;
+  '_skipped' counts the corrupt records each row passed over."""
+
+  def __init__(self, source, order: loader.TrainOrder, cfg: DetectionConfig,
+               seed: int):
+    super().__init__(source, order, cfg)
+    self.seed = int(seed)
+
+  def _build(self):
+    cfg = self.cfg
+    # (seed, 0): the seeds of the single-process stream, as before.
+    base_seed = tf.constant([self.seed, 0], tf.int64)
+
+    def one(image, objects, index):
+      boxes, labels, num_clipped = coco_targets(
+          tf.shape(image)[:2], objects, cfg.label_map)
+      num_boxes = tf.shape(boxes)[0]
+      elem_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+      image, boxes, labels = augment_train(image, boxes, labels, elem_seed,
+                                           cfg)
+      out = pad_and_pack(image, boxes, labels, cfg)
+      del out['size']
+      out.update({_NUM_BOXES: num_boxes, _NUM_CLIPPED: num_clipped})
+      return out
+
+    return _batch_function(one, tf.TensorSpec([None], tf.int64))
+
+  def _key(self):
+    return ('train', self.cfg, self.seed)
+
+  def _replace_corrupt(self, rows: Sequence[int], records: list,
+                       skipped: np.ndarray) -> None:
+    n = len(self.source)
+    for k, r in enumerate(rows):
+      while not _decodes(records[k]['image']):
+        skipped[k] += 1
+        if skipped[k] >= n:
+          raise ValueError(f'No image of the train split ({n} records) '
+                           f'decodes.')
+        records[k] = self.source[(r + int(skipped[k])) % n]
+
+  def __call__(self, step: int) -> Dict[str, np.ndarray]:
+    index = self.order.global_indices(step)
+    rows = [self.order.record(g) for g in index]
+    records = [self.source[r] for r in rows]
+    skipped = np.zeros(len(rows), np.int32)
+    try:
+      out = self._compute(records, index)
+    except tf.errors.InvalidArgumentError:
+      self._replace_corrupt(rows, records, skipped)
+      if not skipped.any():
+        raise  # Every image decodes: a bug, not a corrupt image.
+      out = self._compute(records, index)
+    out.update({_IMAGE_ID: _image_ids(records), _SKIPPED: skipped})
+    return out
+
+
+class _EvalBatch(_Batches):
+  """Row r of step s: record order.record(g), or a padding row (all zeros,
+  mask False) past the split's end or where the record fails to decode
+  ('_skipped' 1)."""
+
+  def _build(self):
+    cfg = self.cfg
+
+    def one(image, objects):
+      orig_size = tf.shape(image)[:2]
+      boxes, labels, num_clipped = coco_targets(orig_size, objects,
+                                                cfg.label_map)
+      num_boxes = tf.shape(boxes)[0]
+      image, boxes = resize(image, boxes, cfg.eval_scale, cfg.max_size)
+      out = pad_and_pack(image, boxes, labels, cfg)
+      out.update({'orig_size': orig_size, _NUM_BOXES: num_boxes,
+                  _NUM_CLIPPED: num_clipped})
+      return out
+
+    return _batch_function(one)
+
+  def _key(self):
+    return ('eval', self.cfg)
+
+  def __call__(self, step: int) -> Dict[str, np.ndarray]:
+    rows = [self.order.record(g) for g in self.order.global_indices(step)]
+    real = [k for k, r in enumerate(rows) if r is not None]
+    records = [self.source[rows[k]] for k in real]
+    skipped = np.zeros(len(rows), np.int32)
+    out = None
+    if records:
+      try:
+        out = self._compute(records)
+      except tf.errors.InvalidArgumentError:
+        ok = [_decodes(r['image']) for r in records]
+        if all(ok):
+          raise  # Every image decodes: a bug, not a corrupt image.
+        skipped[[k for k, good in zip(real, ok) if not good]] = 1
+        real = [k for k, good in zip(real, ok) if good]
+        records = [r for r, good in zip(records, ok) if good]
+        out = self._compute(records) if records else None
+    ids = _image_ids(records)
+    if out is not None and len(real) == len(rows):
+      batch = out
+    else:  # Padding rows: zeros, as every key of the padded shapes.
+      spec = _eval_specs(self.cfg)
+      batch = {k: np.zeros((len(rows),) + tuple(s.shape),
+                           s.dtype.as_numpy_dtype)
+               for k, s in spec.items()}
+      if out is not None:
+        for k, v in out.items():
+          batch[k][real] = v
+    batch['image_id'] = np.zeros(len(rows), np.int64)
+    batch['image_id'][real] = ids
+    batch['mask'] = np.zeros(len(rows), bool)
+    batch['mask'][real] = True
+    batch[_SKIPPED] = skipped
+    return batch
+
+
+def train_dataset(source: Sequence[Dict[str, Any]], cfg: DetectionConfig, *,
                   batch_size: int, seed: int, start_step: int = 0,
-                  process_index: int = 0,
-                  process_count: int = 1) -> tf.data.Dataset:
-  """Infinite, shuffled, augmented, batched train dataset of `ds`.
+                  process_index: int = 0, process_count: int = 1,
+                  read: loader.ReadConfig = loader.ReadConfig()
+                  ) -> grain.IterDataset:
+  """Infinite, shuffled, augmented train batches of `source` (grain).
 
   Args:
-    ds: the whole split (coco/2017 features, image encoded), read in the
-      same seeded order by every process.
+    source: the whole split, random access (len, [i]) to records with the
+      coco/2017 features, image encoded.
     cfg: parsed config.
     batch_size: local batch size b.
     seed: shuffle and augmentation seed.
-    start_step: global batches to skip (resume).
-    process_index, process_count: this process keeps its rows of each
-      global batch of process_count * b elements.
+    start_step: first global batch (resume; costs nothing).
+    process_index, process_count: this process computes its rows of each
+      global batch of process_count * b elements, and reads only their
+      records.
+    read: threads / prefetch / workers.
 
   Returns:
     Batches of the train keys (module docstring) plus the host-side
-    bookkeeping keys '_index', '_num_boxes', '_num_clipped', '_oversized',
-    '_image_id' that DetectionIterator strips.
+    bookkeeping keys '_num_boxes', '_num_clipped', '_oversized',
+    '_image_id', '_skipped' that DetectionIterator strips.
   """
-  if start_step < 0:
-    raise ValueError(f'start_step={start_step} must be >= 0.')
-  if cfg.cache:
-    ds = ds.cache()
-  if cfg.shuffle_buffer > 1:
-    ds = ds.shuffle(cfg.shuffle_buffer, seed=seed,
-                    reshuffle_each_iteration=True)
-  ds = ds.repeat()
-  ds = ds.enumerate()  # Global element index i, the same in every process.
-  # Before decoding: cheap.
-  ds = ds.skip(int(start_step) * batch_size * process_count)
-  ds = ip.filter_process_rows(ds, batch_size, process_index, process_count)
-  ds = _decode_skipping_errors(ds)
-  base_seed = tf.constant([seed, 0], tf.int64)  # as one process always had
-
-  def process(example):
-    image = example['image']
-    boxes, labels, num_clipped = coco_targets(
-        tf.shape(image)[:2], example['objects'], cfg.label_map)
-    num_boxes = tf.shape(boxes)[0]
-    elem_seed = tf.random.experimental.stateless_fold_in(
-        base_seed, example[_INDEX])
-    image, boxes, labels = augment_train(image, boxes, labels, elem_seed, cfg)
-    out = pad_and_pack(image, boxes, labels, cfg)
-    del out['size']
-    out.update({_INDEX: example[_INDEX], _NUM_BOXES: num_boxes,
-                _NUM_CLIPPED: num_clipped, _IMAGE_ID: example['image_id']})
-    return out
-
-  ds = ds.map(_no_autograph(process), num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(ip._options())
+  order = loader.TrainOrder(local_batch=batch_size,
+                            process_index=process_index,
+                            process_count=process_count,
+                            num_records=len(source), seed=seed)
+  return loader.make_dataset(_TrainBatch(source, order, cfg, seed),
+                             start_step=start_step, num_steps=None, read=read)
 
 
-def eval_dataset(ds: tf.data.Dataset, cfg: DetectionConfig, *,
-                 batch_size: int, num_batches: int, process_index: int = 0,
-                 process_count: int = 1) -> tf.data.Dataset:
-  """One pass over `ds` in order, padded with masked rows to num_batches.
+def eval_dataset(source: Sequence[Dict[str, Any]], cfg: DetectionConfig, *,
+                 batch_size: int, process_index: int = 0,
+                 process_count: int = 1,
+                 read: loader.ReadConfig = loader.ReadConfig()
+                 ) -> grain.IterDataset:
+  """One pass over `source` in storage order, ceil(N / B) batches.
 
-  With several processes, process p keeps rows [p * b, (p + 1) * b) of each
-  global batch of the split's storage order (global element index).
-
-  Corrupt images are skipped; the padding stream fills their rows too, so
-  the number of batches stays `num_batches` whatever was skipped.
+  Process p computes rows [p * b, (p + 1) * b) of each global batch of
+  B = process_count * b; rows past the split's end and rows whose image
+  fails to decode are padding (all zeros, mask False).
 
   Returns:
-    Batches of the eval keys (module docstring) plus '_index' (-1 on
-    padding rows), '_num_boxes', '_num_clipped', '_oversized'.
+    Batches of the eval keys (module docstring) plus '_num_boxes',
+    '_num_clipped', '_oversized', '_skipped'.
   """
-  if cfg.cache:
-    ds = ds.cache()
-  ds = ip.filter_process_rows(ds.enumerate(), batch_size, process_index,
-                              process_count)
-  ds = _decode_skipping_errors(ds)
-
-  def process(example):
-    image = example['image']
-    orig_size = tf.shape(image)[:2]
-    boxes, labels, num_clipped = coco_targets(orig_size, example['objects'],
-                                              cfg.label_map)
-    num_boxes = tf.shape(boxes)[0]
-    image, boxes = resize(image, boxes, cfg.eval_scale, cfg.max_size)
-    out = pad_and_pack(image, boxes, labels, cfg)
-    out.update({'image_id': example['image_id'], 'orig_size': orig_size,
-                'mask': tf.constant(True), _INDEX: example[_INDEX],
-                _NUM_BOXES: num_boxes, _NUM_CLIPPED: num_clipped})
-    return out
-
-  ds = ds.map(_no_autograph(process), num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  pad = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype),
-                              ds.element_spec)
-  pad[_INDEX] = tf.constant(-1, tf.int64)
-  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
-  ds = ds.take(num_batches * batch_size)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(ip._options())
+  order = loader.EvalOrder(local_batch=batch_size, process_index=process_index,
+                           process_count=process_count,
+                           num_records=len(source))
+  return loader.make_dataset(_EvalBatch(source, order, cfg), start_step=0,
+                             num_steps=order.num_batches, read=read)
 
 
 class DetectionIterator:
@@ -613,8 +785,8 @@ class DetectionIterator:
 
   Strips the bookkeeping keys of train_dataset/eval_dataset and
     * raises ValueError when an image has more boxes than max_boxes;
-    * counts skipped (corrupt) images as gaps in the element index, logging
-      the count when it first becomes non-zero and whenever it doubles;
+    * counts images that failed to decode (corrupt), logging the count when
+      it first becomes non-zero and whenever it doubles;
     * counts clipped boxes and oversized images, warning once each.
 
   Attributes:
@@ -622,31 +794,17 @@ class DetectionIterator:
       'clipped_boxes', 'oversized_images'}.
   """
 
-  def __init__(self, ds: tf.data.Dataset, *, max_boxes: int,
-               first_index: int = 0, num_source: Optional[int] = None,
-               name: str = 'train', batch_size: int = 1,
-               process_index: int = 0, process_count: int = 1):
-    """Wraps `ds` (a train_dataset or eval_dataset).
+  def __init__(self, batches: Iterable[Dict[str, np.ndarray]], *,
+               max_boxes: int, name: str = 'train'):
+    """Wraps `batches` (a train_dataset or eval_dataset).
 
     Args:
-      ds: the batched dataset, with its bookkeeping keys.
+      batches: the batches, with their bookkeeping keys.
       max_boxes: config.input.max_boxes (T).
-      first_index: global element index of the first element,
-        start_step * B.
-      num_source: number of source examples of a finite stream (eval), to
-        count corrupt images at its end; None for an infinite stream.
       name: 'train' | 'eval', for log messages.
-      batch_size, process_index, process_count: which global indices this
-        process owns (input_pipeline.filter_process_rows), so that gaps are
-        counted among its own indices only.
     """
-    self._owned = functools.partial(ip.num_owned, batch_size=batch_size,
-                                    process_index=process_index,
-                                    process_count=process_count)
-    self._it = iter(tfds.as_numpy(ds))
+    self._it = iter(batches)
     self._max_boxes = max_boxes
-    self._next_index = first_index
-    self._num_source = num_source
     self._name = name
     self._warned = set()
     self._logged_skips = 0
@@ -656,18 +814,13 @@ class DetectionIterator:
   def __iter__(self) -> 'DetectionIterator':
     return self
 
-  def _count_skips(self, index: np.ndarray) -> None:
-    """index: int64 [k] increasing element indices that came through."""
-    if index.size:
-      self.stats['skipped_images'] += int(
-          self._owned(int(index[-1]) + 1) - self._owned(self._next_index)
-          - index.size)
-      self._next_index = int(index[-1]) + 1
-    skipped = self.stats['skipped_images']
-    if skipped and skipped >= 2 * self._logged_skips:
+  def _count_skips(self, skipped: int) -> None:
+    self.stats['skipped_images'] += skipped
+    total = self.stats['skipped_images']
+    if total and total >= 2 * self._logged_skips:
       log.warning('%s input: skipped %d image(s) that failed to decode '
-                  '(corrupt or unsupported).', self._name, skipped)
-      self._logged_skips = skipped
+                  '(corrupt or unsupported).', self._name, total)
+      self._logged_skips = total
 
   def _warn_once(self, key: str, message: str, *args) -> None:
     if key not in self._warned:
@@ -675,22 +828,13 @@ class DetectionIterator:
       log.warning(message, *args)
 
   def __next__(self) -> Dict[str, np.ndarray]:
-    try:
-      batch = next(self._it)
-    except StopIteration:
-      if self._num_source is not None and self._num_source > self._next_index:
-        # Corrupt images at the end of a finite stream leave no later index.
-        self.stats['skipped_images'] += (self._owned(self._num_source)
-                                         - self._owned(self._next_index))
-        self._next_index = self._num_source
-        self._count_skips(np.zeros([0], np.int64))
-      raise
-    index = batch.pop(_INDEX)
+    batch = dict(next(self._it))
     num_boxes = batch.pop(_NUM_BOXES)
     num_clipped = batch.pop(_NUM_CLIPPED)
     oversized = batch.pop(_OVERSIZED)
+    skipped = batch.pop(_SKIPPED)
     image_ids = batch.pop(_IMAGE_ID, batch.get('image_id'))
-    real = batch['mask'] if 'mask' in batch else np.ones(index.shape, bool)
+    real = batch['mask'] if 'mask' in batch else np.ones(num_boxes.shape, bool)
     too_many = real & (num_boxes > self._max_boxes)
     if too_many.any():
       k = int(np.argmax(too_many))
@@ -700,7 +844,8 @@ class DetectionIterator:
           f'config.input.max_boxes={self._max_boxes}; set '
           f'config.input.max_boxes >= {int(num_boxes[k])} (DETR needs '
           f'model.num_queries >= max_boxes too).')
-    self._count_skips(index[real])
+    if skipped.any():
+      self._count_skips(int(skipped.sum()))
     self.stats['examples'] += int(real.sum())
     clipped = int(num_clipped[real].sum())
     self.stats['clipped_boxes'] += clipped
@@ -730,16 +875,18 @@ def _setup(input_cfg: Any, global_batch_size: int, process_index: int,
   """Checks shared by both entry points; all config errors before reading.
 
   Returns:
-    (local batch size b, DetectionConfig, prepared TFDS builder).
+    (local batch size b, DetectionConfig, prepared TFDS builder,
+    loader.ReadConfig).
   """
   batch_size = ip._local_batch_size(global_batch_size, process_count)
   cfg = parse_config(input_cfg)
+  read = loader.read_config(input_cfg)
   if not 0 <= process_index < process_count:
     raise ValueError(
         f'process_index={process_index} not in [0, {process_count}).')
   builder = ip.get_builder(input_cfg)
   _check_classes(builder, input_cfg, cfg.label_map)
-  return batch_size, cfg, builder
+  return batch_size, cfg, builder, read
 
 
 def make_detection_train_iterator(input_cfg: Any, *, global_batch_size: int,
@@ -754,27 +901,25 @@ def make_detection_train_iterator(input_cfg: Any, *, global_batch_size: int,
     global_batch_size: batch size summed over processes.
     seed: shuffle and augmentation seed.
     start_step: yield the batches a fresh iterator yields from batch
-      `start_step` on.
+      `start_step` on (in constant time: nothing before it is read).
     process_index, process_count: this process and the number of processes;
-      each keeps its rows of every global batch.
+      each computes (and reads) its rows of every global batch.
 
   Returns:
     DetectionIterator of {'image': float32 [b, Hp, Wp, 3], 'image_mask':
     bool [b, Hp, Wp], 'boxes': float32 [b, T, 4], 'labels': int32 [b, T],
     'valid': bool [b, T]}, b = global_batch_size // process_count.
   """
-  batch_size, cfg, builder = _setup(input_cfg, global_batch_size,
-                                    process_index, process_count)
+  if start_step < 0:
+    raise ValueError(f'start_step={start_step} must be >= 0.')
+  batch_size, cfg, builder, read = _setup(input_cfg, global_batch_size,
+                                          process_index, process_count)
   split = ip._cfg(input_cfg, 'train_split', 'train')
-  ip._check_split(builder, split, 'config.input.train_split')
-  ds = ip._read(builder, split, shuffle_seed=seed)
-  ds = train_dataset(ds, cfg, batch_size=batch_size, seed=seed,
+  source = ip.open_split(input_cfg, builder, split, 'config.input.train_split')
+  ds = train_dataset(source, cfg, batch_size=batch_size, seed=seed,
                      start_step=start_step, process_index=process_index,
-                     process_count=process_count)
-  return DetectionIterator(ds, max_boxes=cfg.max_boxes,
-                           first_index=start_step * batch_size * process_count,
-                           batch_size=batch_size, process_index=process_index,
-                           process_count=process_count)
+                     process_count=process_count, read=read)
+  return DetectionIterator(ds, max_boxes=cfg.max_boxes)
 
 
 def make_detection_eval_iterator(input_cfg: Any, *, split: str,
@@ -792,16 +937,11 @@ def make_detection_eval_iterator(input_cfg: Any, *, split: str,
     DetectionIterator of the train keys plus {'image_id': int64 [b],
     'orig_size': int32 [b, 2], 'size': int32 [b, 2], 'mask': bool [b]}.
   """
-  batch_size, cfg, builder = _setup(input_cfg, global_batch_size,
-                                    process_index, process_count)
-  ip._check_split(builder, split, ip._split_field(input_cfg, split))
-  size = builder.info.splits[split].num_examples
-  # Every process yields the same number of batches (collectives need it).
-  num_batches = max(1, math.ceil(size / (batch_size * process_count)))
-  ds = ip._read(builder, split, shuffle_seed=None)
-  ds = eval_dataset(ds, cfg, batch_size=batch_size, num_batches=num_batches,
-                    process_index=process_index, process_count=process_count)
-  return DetectionIterator(ds, max_boxes=cfg.max_boxes, num_source=size,
-                           name='eval', batch_size=batch_size,
-                           process_index=process_index,
-                           process_count=process_count)
+  batch_size, cfg, builder, read = _setup(input_cfg, global_batch_size,
+                                          process_index, process_count)
+  source = ip.open_split(input_cfg, builder, split,
+                         ip._split_field(input_cfg, split))
+  ds = eval_dataset(source, cfg, batch_size=batch_size,
+                    process_index=process_index, process_count=process_count,
+                    read=read)
+  return DetectionIterator(ds, max_boxes=cfg.max_boxes, name='eval')

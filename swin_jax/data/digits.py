@@ -98,11 +98,13 @@ def stratified_split(labels: np.ndarray, num_test: int = NUM_TEST,
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), offline."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {
       '1.0.0': ('Initial release: sklearn.datasets.load_digits() as 8x8x3 '
                 'uint8 PNG images (0..16 scaled to 0..255), stratified '
                 '1,437/360 train/test split (seed 0).'),
+      '1.1.0': ('The same examples as ArrayRecord files (random access for '
+                'grain), 4 shards per split.'),
   }
 
   # tfds' default `code_path` probes `importlib_resources.abc.Traversable`,
@@ -153,14 +155,23 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
       yield i, {'image': rgb[i], 'label': int(labels[i]), 'id': i}
 
 
+# Embedded datasets are written as ArrayRecord (the format the grain loader
+# reads by index) in this many files per split, so that every test and the
+# quickstart read a multi-file dataset, as ImageNet and COCO are.
+FILE_FORMAT = 'array_record'
+NUM_SHARDS = 4
+
+
 def offline_download_config() -> tfds.download.DownloadConfig:
   """A DownloadConfig that never reaches the network.
 
   `try_download_gcs=False` stops `download_and_prepare` from probing the
   public GCS bucket for a pre-built copy; no checksums are registered or
-  validated, and statistics are not computed.
+  validated, and statistics are not computed. Splits are written in
+  NUM_SHARDS files.
   """
   return tfds.download.DownloadConfig(
+      num_shards=NUM_SHARDS,
       try_download_gcs=False,
       register_checksums=False,
       force_checksums_validation=False,
@@ -204,7 +215,7 @@ def prepare_builder(builder_cls, data_dir: Optional[str] = None,
   """
   if data_dir is not None:
     data_dir = os.fspath(os.path.expanduser(data_dir))
-  kwargs = {'data_dir': data_dir}
+  kwargs = {'data_dir': data_dir, 'file_format': FILE_FORMAT}
   if config:
     names = [c.name for c in builder_cls.BUILDER_CONFIGS]
     if config not in names:

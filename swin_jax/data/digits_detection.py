@@ -274,7 +274,7 @@ def to_example(split: str, index: int, canvas: Dict[str, np.ndarray],
 class DigitsDetection(tfds.core.GeneratorBasedBuilder):
   """sklearn digits pasted on canvases: 2,000 (or 10,000) / 250 detection images, offline."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
       '1.0.0': ('Initial release: 0..4 sklearn digits (s in [14, 44] px, '
                 'bilinear, ink (v/16)^(1/4), tinted) per 64..112 px canvas; '
@@ -283,6 +283,8 @@ class DigitsDetection(tfds.core.GeneratorBasedBuilder):
       '1.1.0': ('Builder configs: 2k (the default; 1.0.0\'s data) and 10k (10,000 '
                 'train canvases, the first 2,000 those of 2k; the same 250 test '
                 'canvases, their ids after the train ids).'),
+      '1.2.0': ('The same examples as ArrayRecord files (random access for '
+                'grain), 4 shards per split.'),
   }
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(

@@ -1,4 +1,4 @@
-"""tf.data input pipelines for image classification (TFDS datasets).
+"""Input pipelines for image classification (TFDS datasets, read by grain).
 
 The trainer uses three functions:
 
@@ -16,22 +16,15 @@ b = global_batch_size // process_count:
 
 Train iterators are infinite, shuffled, deterministic and resumable: the
 batch sequence is a pure function of (seed, dataset), and `start_step=s`
-yields exactly the batches a fresh iterator yields from its s-th batch on.
-The global batch does not depend on the process count: every process walks
-the same global element stream, and process p of n keeps rows
-[p * b, (p + 1) * b) of each global batch of B = n * b elements, the rows its
+yields exactly the batches a fresh iterator yields from its s-th batch on,
+in constant time. The split is a random-access ArrayRecord source, and
+loader.TrainOrder says which record row r of step s of process p reads
+(grain's global index shuffle, reseeded per epoch); process p of n holds
+rows [p * b, (p + 1) * b) of each global batch of B = n * b, the rows its
 devices hold in the global jax.Array (train/sharding.py). So 2 processes x 4
-devices train on exactly the batches of 1 process x 8 devices. This holds
-because
-  * the element order comes from a seeded tf.data shuffle (+ seeded file
-    shuffle) under `options.deterministic = True`, the same in every process;
-  * elements are enumerated (global index i) before
-    `skip(start_step * B)` and before each process filters its rows, and all
-    augmentation randomness is drawn from stateless ops seeded by (seed, i);
-  * image decoding happens after the skip and the filter, so resuming skips
-    over encoded bytes only, and a process decodes its own rows only (it
-    still scans the other rows' encoded records: the tf.data reader has no
-    random access).
+devices train on exactly the batches of 1 process x 8 devices, and a process
+reads its own records only. All augmentation randomness is drawn from
+stateless ops seeded by (seed, global index).
 
 Eval iterators make one pass over the split in storage order, padded with
 masked examples to ceil(N / B) global batches; process p keeps its rows of
@@ -63,8 +56,8 @@ batches equal those of one process.
   eval_resize: 'direct' (resize to image_size, no crop: the 384 fine-tunes) |
     'center_crop' (shorter side to floor(image_size / 0.875), e.g. 256 for
     224, then the central crop).
-  shuffle_buffer: int.
-  cache: bool, cache the decoded dataset in memory (small datasets only).
+  num_threads, prefetch, num_workers: how this host reads (loader.ReadConfig).
+  cache: bool, hold the split's encoded records in memory (small datasets).
 
 Train preprocessing order, as timm's transforms_imagenet_train: geometric
 augment (crop + flip) -> RandAugment or color jitter (uint8) -> normalise ->
@@ -74,11 +67,12 @@ step (swin_jax/train/tasks.py), not here.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
+import threading
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
+import grain
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -86,6 +80,7 @@ import tensorflow_datasets as tfds
 from swin_jax.data import augment as augment_lib
 from swin_jax.data import digits as digits_lib
 from swin_jax.data import digits_detection as detection_lib
+from swin_jax.data import loader
 
 
 def hide_accelerators_from_tf() -> None:
@@ -115,6 +110,9 @@ _RAND_AUGMENT_STREAM = 1
 _COLOR_JITTER_STREAM = 2
 _RANDOM_ERASING_STREAM = 3
 _REQUIRED = object()
+# Examples of a batch that TF preprocesses concurrently (tf.map_fn); the
+# batch's threads (config.input.num_threads) add parallelism on top.
+_PARALLEL_ITERATIONS = 16
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -235,32 +233,7 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def filter_process_rows(ds: tf.data.Dataset, batch_size: int,
-                        process_index: int,
-                        process_count: int) -> tf.data.Dataset:
-  """Keeps process p's rows of every global batch of an enumerated dataset.
-
-  Args:
-    ds: elements (i, example), i the global element index.
-    batch_size: local batch size b; the global batch is process_count * b.
-
-  Returns:
-    The (i, example) elements with (i mod B) // b == process_index, in order.
-  """
-  if process_count == 1:
-    return ds
-  global_batch = batch_size * process_count
-  return ds.filter(lambda i, *_: tf.equal(
-      (i % global_batch) // batch_size, process_index))
-
-
-def num_owned(n: int, batch_size: int, process_index: int,
-              process_count: int) -> int:
-  """How many of the global element indices 0..n-1 process p owns."""
-  global_batch = batch_size * process_count
-  full, rest = divmod(int(n), global_batch)
-  return full * batch_size + min(max(rest - process_index * batch_size, 0),
-                                 batch_size)
+num_owned = loader.num_owned
 
 
 def get_num_examples(input_cfg: Any, split: str) -> int:
@@ -459,36 +432,6 @@ def preprocess_eval(image: tf.Tensor, *, size: int, eval_resize: str,
 # --------------------------------------------------------------------------
 
 
-def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_optimization.map_parallelization = True
-  return options
-
-
-def _read(builder: tfds.core.DatasetBuilder, split: Any, *,
-          shuffle_seed: Optional[int]) -> tf.data.Dataset:
-  """Reads `split` with images left encoded (decoding happens later)."""
-  read_config = tfds.ReadConfig(
-      options=_options(),
-      try_autocache=False,
-      shuffle_seed=shuffle_seed,
-      shuffle_reshuffle_each_iteration=True)
-  return builder.as_dataset(
-      split=split,
-      shuffle_files=shuffle_seed is not None,
-      decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=read_config)
-
-
-def _decode(example: Dict[str, tf.Tensor],
-            keep: Sequence[str]) -> Dict[str, tf.Tensor]:
-  out = {'image': decode_image(example['image']),
-         'label': tf.cast(example['label'], tf.int32)}
-  out.update({k: example[k] for k in keep})
-  return out
-
-
 def _augment_options(input_cfg: Any) -> Dict[str, Any]:
   """The checked per-example options of the train augmentation.
 
@@ -551,31 +494,185 @@ def _common(input_cfg: Any) -> Dict[str, Any]:
   return dict(size=size, mean=mean, std=std)
 
 
+_SOURCES: Dict[Tuple[Any, ...], Sequence[Any]] = {}
+_MAX_SOURCES = 8
+
+
+def open_split(input_cfg: Any, builder: tfds.core.DatasetBuilder, split: str,
+               field: str) -> Sequence[Dict[str, Any]]:
+  """`split` of the prepared dataset as a random-access source (loader).
+
+  With config.input.cache the records are read once into memory and the list
+  is memoised (by data dir and split), so successive evaluations and a
+  resumed run in the same process read them from memory.
+  """
+  _check_split(builder, split, field)
+  if not bool(_cfg(input_cfg, 'cache', False)):
+    return loader.open_source(builder, split, field)
+  key = (str(builder.data_dir), split)
+  if key not in _SOURCES:
+    if len(_SOURCES) >= _MAX_SOURCES:
+      _SOURCES.pop(next(iter(_SOURCES)))
+    _SOURCES[key] = loader.InMemorySource(
+        loader.open_source(builder, split, field))
+  return _SOURCES[key]
+
+
+def _stack(records: Sequence[Dict[str, Any]], key: str) -> np.ndarray:
+  if key == 'image':  # Encoded bytes of any length: an object array.
+    out = np.empty(len(records), dtype=object)
+    out[:] = [r[key] for r in records]
+    return out
+  return np.stack([np.asarray(r[key]) for r in records])
+
+
+def _map_images(fn, out_size: int, encoded: tf.Tensor, *args) -> tf.Tensor:
+  """fn(encoded image, *per-example args) over a batch, inside one graph."""
+  return tf.map_fn(
+      lambda xs: fn(*xs), (encoded,) + args,
+      fn_output_signature=tf.TensorSpec([out_size, out_size, 3], tf.float32),
+      parallel_iterations=_PARALLEL_ITERATIONS)
+
+
+_BUILD_LOCK = threading.Lock()
+# Traced batch graphs by (kind, options): successive pipelines of one process
+# (each evaluation, a resumed run in a notebook) reuse the graph, untraced.
+_GRAPHS: Dict[str, Any] = {}
+
+
+class _LazyGraph:
+  """Holds a tf.function built on first use in each process (under a lock, so
+  the read threads trace it once; memoised by `_key`), and pickles to grain
+  workers without it."""
+
+  _fn = None
+
+  def _key(self) -> str:
+    raise NotImplementedError
+
+  def _build(self):
+    raise NotImplementedError
+
+  def _function(self):
+    if self._fn is None:
+      with _BUILD_LOCK:
+        key = self._key()
+        if key not in _GRAPHS:
+          _GRAPHS[key] = self._build()
+        self._fn = _GRAPHS[key]
+    return self._fn
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.pop('_fn', None)
+    return state
+
+
+class _TrainBatch(_LazyGraph):
+  """Step -> this process's augmented train batch (grain map function): decode +
+  preprocess_train of its rows in one TF graph call."""
+
+  def __init__(self, source, order: loader.TrainOrder, *, seed: int,
+               keep: Sequence[str], preprocess: Dict[str, Any]):
+    self.source = source
+    self.order = order
+    self.seed = int(seed)
+    self.keep = tuple(keep)
+    self.preprocess = preprocess
+
+  def _key(self) -> str:
+    return repr(('train', self.seed, sorted(self.preprocess.items())))
+
+  def _build(self):
+    # (seed, 0): the seeds of the single-process streams before the global
+    # stream existed.
+    base_seed = tf.constant([self.seed, 0], tf.int64)
+    preprocess = self.preprocess
+
+    def one(encoded, index):
+      seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+      return preprocess_train(decode_image(encoded), seed, **preprocess)
+
+    return tf.function(
+        lambda encoded, index: _map_images(one, preprocess['size'], encoded,
+                                           index),
+        input_signature=[tf.TensorSpec([None], tf.string),
+                         tf.TensorSpec([None], tf.int64)])
+
+  def __call__(self, step: int) -> Dict[str, np.ndarray]:
+    index = self.order.global_indices(step)
+    records = [self.source[self.order.record(g)] for g in index]
+    out = {'image': self._function()(_stack(records, 'image'), index).numpy(),
+           'label': _stack(records, 'label').astype(np.int32)}
+    out.update({k: _stack(records, k) for k in self.keep})
+    return out
+
+
+class _EvalBatch(_LazyGraph):
+  """Step -> this process's eval batch; rows past the split are zero padding
+  with mask False."""
+
+  def __init__(self, source, order: loader.EvalOrder, *,
+               keep: Sequence[str], preprocess: Dict[str, Any]):
+    self.source = source
+    self.order = order
+    self.keep = tuple(keep)
+    self.preprocess = preprocess
+
+  def _key(self) -> str:
+    return repr(('eval', sorted(self.preprocess.items())))
+
+  def _build(self):
+    preprocess = self.preprocess
+    one = lambda encoded: preprocess_eval(decode_image(encoded), **preprocess)
+    return tf.function(
+        lambda encoded: _map_images(one, preprocess['size'], encoded),
+        input_signature=[tf.TensorSpec([None], tf.string)])
+
+  def __call__(self, step: int) -> Dict[str, np.ndarray]:
+    records = [self.order.record(g) for g in self.order.global_indices(step)]
+    real = [r for r in records if r is not None]  # The real rows come first.
+    examples = [self.source[r] for r in real or [0]]
+    size = self.preprocess['size']
+    batch = {'image': self._function()(_stack(examples, 'image')).numpy(),
+             'label': _stack(examples, 'label').astype(np.int32)}
+    batch.update({k: _stack(examples, k) for k in self.keep})
+    num_pad = len(records) - len(real)
+    out = {}
+    for k, v in batch.items():
+      v = v[:len(real)]
+      out[k] = np.concatenate([v, np.zeros((num_pad,) + v.shape[1:], v.dtype)])
+    assert out['image'].shape[1:] == (size, size, 3)
+    out['mask'] = np.arange(len(records)) < len(real)
+    return out
+
+
 def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
                        start_step: int = 0, process_index: int = 0,
                        process_count: int = 1,
-                       keep_keys: Sequence[str] = ()) -> tf.data.Dataset:
-  """The train tf.data.Dataset behind `make_train_iterator`.
+                       keep_keys: Sequence[str] = ()) -> grain.IterDataset:
+  """The train grain dataset behind `make_train_iterator`.
 
   Args:
     input_cfg: see module docstring.
     global_batch_size: batch size summed over processes.
     seed: shuffle and augmentation seed.
-    start_step: number of (global) batches to skip, for resuming.
+    start_step: first (global) batch, for resuming; costs nothing.
     process_index: this process's index.
     process_count: number of processes.
     keep_keys: extra dataset features to pass through (e.g. ('id',)).
 
   Returns:
-    Infinite dataset of {'image': float32 [b, S, S, 3], 'label': int32 [b],
-    **keep_keys}, b = global_batch_size // process_count.
+    Infinite IterDataset of {'image': float32 [b, S, S, 3], 'label': int32
+    [b], **keep_keys}, b = global_batch_size // process_count.
   """
   batch_size = _local_batch_size(global_batch_size, process_count)
   augment = _check_choice(_cfg(input_cfg, 'train_augment', 'none'),
                           'train_augment', TRAIN_AUGMENTS)
-  common = _common(input_cfg)
-  options = _augment_options(input_cfg)
+  preprocess = dict(augment=augment, **_common(input_cfg),
+                    **_augment_options(input_cfg))
   repeats = _repeats(input_cfg)
+  read = loader.read_config(input_cfg)
   if start_step < 0:
     raise ValueError(f'start_step={start_step} must be >= 0.')
   if not 0 <= process_index < process_count:
@@ -584,53 +681,15 @@ def make_train_dataset(input_cfg: Any, *, global_batch_size: int, seed: int,
   builder = get_builder(input_cfg)
   _check_num_classes(builder, input_cfg)
   split = _cfg(input_cfg, 'train_split', 'train')
-  _check_split(builder, split, 'config.input.train_split')
-  keep = tuple(keep_keys)
-
-  # Every process reads the whole split in the same seeded order (the global
-  # stream) and keeps its rows of each global batch below.
-  ds = _read(builder, split, shuffle_seed=seed)
-  cache = bool(_cfg(input_cfg, 'cache', False))
-  if cache:  # Decoding is deterministic, so it may happen before the skip.
-    ds = ds.map(functools.partial(_decode, keep=keep),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.cache()
-  buffer = int(_cfg(input_cfg, 'shuffle_buffer', 10_000))
-  if buffer > 1:
-    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-  ds = ds.repeat()
-  if repeats > 1:
-    # Repeated augmentation (DeiT's RASampler): k consecutive copies, so they
-    # share a global batch as the copies RASampler sends to k devices do; each
-    # copy gets its own index i below, hence its own augmentation. RASampler
-    # also cuts its epochs to len(dataset) samples: this stream simply flows
-    # on, so every example is seen k times per k epochs.
-    ds = ds.flat_map(
-        lambda x: tf.data.Dataset.from_tensors(x).repeat(repeats))
-  ds = ds.enumerate()  # Global element index i, the same in every process.
-  ds = ds.skip(int(start_step) * batch_size * process_count)
-  ds = filter_process_rows(ds, batch_size, process_index, process_count)
-  # (seed, 0): the seeds of the single-process streams before the global
-  # stream existed, so one-process runs are unchanged bit for bit.
-  base_seed = tf.constant([seed, 0], tf.int64)
-
-  def process(index, example):
-    if not cache:
-      example = _decode(example, keep)
-    elem_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    out = {
-        'image': preprocess_train(example['image'], elem_seed,
-                                  augment=augment, **common, **options),
-        'label': example['label'],
-    }
-    out.update({k: example[k] for k in keep})
-    return out
-
-  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options())
+  source = open_split(input_cfg, builder, split, 'config.input.train_split')
+  order = loader.TrainOrder(
+      local_batch=batch_size, process_index=process_index,
+      process_count=process_count, num_records=len(source), seed=seed,
+      repeats=repeats)
+  batches = _TrainBatch(source, order, seed=seed, keep=keep_keys,
+                        preprocess=preprocess)
+  return loader.make_dataset(batches, start_step=start_step, num_steps=None,
+                             read=read)
 
 
 def make_train_iterator(input_cfg: Any, *, global_batch_size: int, seed: int,
@@ -644,7 +703,8 @@ def make_train_iterator(input_cfg: Any, *, global_batch_size: int, seed: int,
     global_batch_size: batch size summed over processes (config.batch_size).
     seed: shuffle and augmentation seed.
     start_step: yield the batches a fresh iterator yields from batch
-      `start_step` on.
+      `start_step` on (in constant time: positions are computed, not
+      replayed).
     process_index: this process's index (jax.process_index()).
     process_count: number of processes (jax.process_count()).
 
@@ -652,97 +712,38 @@ def make_train_iterator(input_cfg: Any, *, global_batch_size: int, seed: int,
     Iterator of {'image': float32 [b, S, S, 3], 'label': int32 [b]} with
     b = global_batch_size // process_count, S = input_cfg.image_size.
   """
-  ds = make_train_dataset(
+  return iter(make_train_dataset(
       input_cfg, global_batch_size=global_batch_size, seed=seed,
       start_step=start_step, process_index=process_index,
-      process_count=process_count)
-  return iter(tfds.as_numpy(ds))
+      process_count=process_count))
 
 
-def _eval_dataset_impl(input_cfg: Any, *, split: str, global_batch_size: int,
-                       process_index: int, process_count: int,
-                       keep_keys: Sequence[str]) -> tf.data.Dataset:
+def make_eval_dataset(input_cfg: Any, *, split: str, global_batch_size: int,
+                      process_index: int = 0, process_count: int = 1,
+                      keep_keys: Sequence[str] = ()) -> grain.IterDataset:
+  """The eval grain dataset behind `make_eval_iterator` (reads nothing yet).
+
+  Returns:
+    Finite IterDataset of {'image': float32 [b, S, S, 3], 'label': int32 [b],
+    'mask': bool [b], **keep_keys}; padding rows are all zeros, mask False.
+  """
   batch_size = _local_batch_size(global_batch_size, process_count)
   eval_resize = _check_choice(_cfg(input_cfg, 'eval_resize', 'direct'),
                               'eval_resize', EVAL_RESIZES)
-  common = _common(input_cfg)
+  preprocess = dict(eval_resize=eval_resize, **_common(input_cfg))
+  read = loader.read_config(input_cfg)
   if not 0 <= process_index < process_count:
     raise ValueError(
         f'process_index={process_index} not in [0, {process_count}).')
   builder = get_builder(input_cfg)
   _check_num_classes(builder, input_cfg)
-  _check_split(builder, split, _split_field(input_cfg, split))
-  size = builder.info.splits[split].num_examples
-  # ceil(N / B) global batches, the last padded: every process yields the
-  # same number of batches (collectives need it); process p's real rows
-  # come first in its stream, its rows of the padding (indices >= N) last.
-  num_batches = max(1, math.ceil(size / (batch_size * process_count)))
-  num_real = num_owned(size, batch_size, process_index, process_count)
-  num_pad = num_batches * batch_size - num_real
-  keep = tuple(keep_keys)
-
-  ds = _read(builder, split, shuffle_seed=None)
-  if process_count > 1:
-    ds = filter_process_rows(ds.enumerate(), batch_size, process_index,
-                             process_count).map(lambda i, x: x)
-  ds = ds.map(functools.partial(_decode, keep=keep),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if bool(_cfg(input_cfg, 'cache', False)):
-    ds = ds.cache()
-
-  def process(example):
-    out = {
-        'image': preprocess_eval(example['image'], eval_resize=eval_resize,
-                                 **common),
-        'label': example['label'],
-        'mask': tf.constant(True),
-    }
-    out.update({k: example[k] for k in keep})
-    return out
-
-  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
-  if num_pad:
-    pad = tf.nest.map_structure(
-        lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_pad))
-  ds = ds.batch(batch_size, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options())
-
-
-# Memoised eval datasets (only with input_cfg.cache), so that their in-memory
-# cache survives across evaluations. Small: cached sets are small by contract.
-_EVAL_DATASETS: Dict[Tuple[Any, ...], tf.data.Dataset] = {}
-_MAX_EVAL_DATASETS = 8
-
-
-def make_eval_dataset(input_cfg: Any, *, split: str, global_batch_size: int,
-                      process_index: int = 0, process_count: int = 1,
-                      keep_keys: Sequence[str] = ()) -> tf.data.Dataset:
-  """The eval tf.data.Dataset behind `make_eval_iterator`.
-
-  With `input_cfg.cache`, the dataset object is memoised so that its
-  in-memory cache survives across evaluations.
-
-  Returns:
-    Finite dataset of {'image': float32 [b, S, S, 3], 'label': int32 [b],
-    'mask': bool [b], **keep_keys}; padding rows are all zeros, mask False.
-  """
-  kwargs = dict(split=split, global_batch_size=global_batch_size,
-                process_index=process_index, process_count=process_count,
-                keep_keys=tuple(keep_keys))
-  if not bool(_cfg(input_cfg, 'cache', False)):
-    return _eval_dataset_impl(input_cfg, **kwargs)
-  fields = ('dataset', 'data_dir', 'image_size', 'num_classes', 'mean', 'std',
-            'eval_resize')
-  key = tuple(repr(_cfg(input_cfg, f, None)) for f in fields)
-  key += (os.environ.get('TFDS_DATA_DIR'),) + tuple(sorted(kwargs.items()))
-  if key not in _EVAL_DATASETS:
-    if len(_EVAL_DATASETS) >= _MAX_EVAL_DATASETS:
-      _EVAL_DATASETS.pop(next(iter(_EVAL_DATASETS)))
-    _EVAL_DATASETS[key] = _eval_dataset_impl(input_cfg, **kwargs)
-  return _EVAL_DATASETS[key]
+  source = open_split(input_cfg, builder, split, _split_field(input_cfg, split))
+  order = loader.EvalOrder(local_batch=batch_size, process_index=process_index,
+                           process_count=process_count,
+                           num_records=len(source))
+  batches = _EvalBatch(source, order, keep=keep_keys, preprocess=preprocess)
+  return loader.make_dataset(batches, start_step=0,
+                             num_steps=order.num_batches, read=read)
 
 
 def make_eval_iterator(input_cfg: Any, *, split: str, global_batch_size: int,
@@ -765,7 +766,6 @@ def make_eval_iterator(input_cfg: Any, *, split: str, global_batch_size: int,
     Iterator of {'image': float32 [b, S, S, 3], 'label': int32 [b],
     'mask': bool [b]}, b = global_batch_size // process_count.
   """
-  ds = make_eval_dataset(
+  return iter(make_eval_dataset(
       input_cfg, split=split, global_batch_size=global_batch_size,
-      process_index=process_index, process_count=process_count)
-  return iter(tfds.as_numpy(ds))
+      process_index=process_index, process_count=process_count))

@@ -298,22 +298,23 @@ def groundtruth_from_tfds(builder_or_dataset, split: Optional[str] = None,
   """
   import tensorflow_datasets as tfds
   check_label_map(label_map)
-  if hasattr(builder_or_dataset, 'as_dataset'):
+  if hasattr(builder_or_dataset, 'as_data_source'):
     if split is None:
       raise ValueError('groundtruth_from_tfds: pass split= with a tfds builder.')
+    from swin_jax.data import loader  # pylint: disable=g-import-not-at-top
     builder = builder_or_dataset
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={'image': tfds.decode.SkipDecoding()})
+    source = loader.open_source(builder, split)  # ArrayRecord, images left encoded
+    examples = (source[i] for i in range(len(source)))
     if class_names is None:
       try:
         class_names = builder.info.features['objects']['label'].names
       except (KeyError, AttributeError, TypeError):
         class_names = None
   else:
-    ds = builder_or_dataset
+    examples = tfds.as_numpy(builder_or_dataset)
 
   images, anns, seen_labels = [], [], set()
-  for ex in tfds.as_numpy(ds):
+  for ex in examples:
     img_id = int(ex['image/id'])
     h, w = _image_hw(ex['image'])
     images.append({'id': img_id, 'height': h, 'width': w})

@@ -336,6 +336,7 @@ class Trainer:
             return {'step': step, 'preempted': True}
         if pending is not None:
           consume(*pending)
+      _close(it)  # its read threads / workers stop before the final evaluation
       bar.close()
       train_time = time.time() - t0
       eval_metrics = self.evaluate(state)
@@ -360,10 +361,18 @@ class Trainer:
       writer.close(raise_errors=False)  # flushes; the error that stopped training is raised
       raise
     finally:
+      _close(it)
       profile.close()
       bar.close()
       self.ckpt.wait()
       writer.close()  # flushes everything queued; raises a background write error
+
+
+def _close(iterator) -> None:
+  """Stops an input iterator's prefetch threads and worker processes (grain), if any."""
+  close = getattr(iterator, 'close', None)
+  if close is not None:
+    close()
 
 
 def train_and_evaluate(config, workdir: str, skip_finished: bool = False) -> Dict[str, Any]:
