@@ -434,7 +434,7 @@ def test_errors_other_than_a_corrupt_image_raise(monkeypatch):
 
   resize = dp.resize
   monkeypatch.setattr(dp, 'resize', broken)
-  monkeypatch.setattr(dp, '_FUNCTIONS', {})  # traced here, broken; dropped after
+  monkeypatch.setattr(dp.loader, '_TRACED', {})  # traced here, broken; dropped after
   cfg = small_cfg(flip=False, crop=False)  # small graphs: cheap to trace
   exs = many_examples(4)
   with pytest.raises(tf.errors.InvalidArgumentError):

@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import grain
@@ -568,13 +567,6 @@ def _batch_function(one, *extra_specs):
                      autograph=False)
 
 
-# Built batch functions by (kind, DetectionConfig, seed): the iterators of a
-# process (each evaluation makes one) share one trace per config.
-_FUNCTIONS: Dict[Tuple[Any, ...], Any] = {}
-_FUNCTIONS_LOCK = threading.Lock()
-_MAX_FUNCTIONS = 8
-
-
 class _Batches:
   """Step -> this process's batch (grain map function), shared by train and
   eval. Holds no TF state, so it pickles to grain workers; the batch
@@ -592,13 +584,7 @@ class _Batches:
     raise NotImplementedError
 
   def _function(self):
-    key = self._key()
-    with _FUNCTIONS_LOCK:  # One tf.function per key: traced once.
-      if key not in _FUNCTIONS:
-        if len(_FUNCTIONS) >= _MAX_FUNCTIONS:
-          _FUNCTIONS.pop(next(iter(_FUNCTIONS)))
-        _FUNCTIONS[key] = self._build()
-      return _FUNCTIONS[key]
+    return loader.traced(('detection',) + self._key(), self._build)
 
   def _compute(self, records, *extra) -> Dict[str, np.ndarray]:
     out = self._function()(*_flatten_records(records), *extra)

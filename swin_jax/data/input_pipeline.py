@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import grain
@@ -534,18 +533,8 @@ def _map_images(fn, out_size: int, encoded: tf.Tensor, *args) -> tf.Tensor:
       parallel_iterations=_PARALLEL_ITERATIONS)
 
 
-_BUILD_LOCK = threading.Lock()
-# Traced batch graphs by (kind, options): successive pipelines of one process
-# (each evaluation, a resumed run in a notebook) reuse the graph, untraced.
-_GRAPHS: Dict[str, Any] = {}
-
-
 class _LazyGraph:
-  """Holds a tf.function built on first use in each process (under a lock, so
-  the read threads trace it once; memoised by `_key`), and pickles to grain
-  workers without it."""
-
-  _fn = None
+  """A batch function whose TF graph comes from loader.traced(_key, _build)."""
 
   def _key(self) -> str:
     raise NotImplementedError
@@ -554,18 +543,7 @@ class _LazyGraph:
     raise NotImplementedError
 
   def _function(self):
-    if self._fn is None:
-      with _BUILD_LOCK:
-        key = self._key()
-        if key not in _GRAPHS:
-          _GRAPHS[key] = self._build()
-        self._fn = _GRAPHS[key]
-    return self._fn
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state.pop('_fn', None)
-    return state
+    return loader.traced(self._key(), self._build)
 
 
 class _TrainBatch(_LazyGraph):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from absl import flags
@@ -56,6 +57,28 @@ _INFINITE = sys.maxsize
 DEFAULT_NUM_THREADS = 4
 DEFAULT_PREFETCH_BATCHES = 4
 DEFAULT_NUM_WORKERS = 0
+
+
+# Traced batch functions by key (loader.traced).
+_TRACED: Dict[Any, Any] = {}
+_TRACED_LOCK = threading.Lock()
+_MAX_TRACED = 16
+
+
+def traced(key: Any, build: Callable[[], Any]) -> Any:
+  """The batch tf.function for `key`, built (and traced) once per process.
+
+  The read threads share it, and the successive iterators of a process (each
+  evaluation makes one; a resumed run in a notebook) reuse it untraced. A
+  batch_fn calls this on use rather than holding the function, so it pickles
+  to grain workers without TF state and each worker builds its own.
+  """
+  with _TRACED_LOCK:
+    if key not in _TRACED:
+      if len(_TRACED) >= _MAX_TRACED:
+        _TRACED.pop(next(iter(_TRACED)))
+      _TRACED[key] = build()
+    return _TRACED[key]
 
 
 class ArrayRecordRequiredError(FileNotFoundError):
