@@ -3,6 +3,7 @@
     python experiments/bench_input.py [--task=classification|detection] [--quick]
         [--num_images=2000] [--batch_size=64] [--num_batches=20]
         [--data_dir=/tmp/bench_input] [--settings=1x0,2x0,4x0,1x2,2x2]
+        [--repeats=3]
 
 1. Prepares a synthetic dataset through a tfds GeneratorBasedBuilder
    (experiments/bench_input_data.py), once as TFRecord and once as ArrayRecord (two data dirs under
@@ -19,7 +20,10 @@
 2. Times, in one run, images/s (and per core: len(os.sched_getaffinity(0)))
    of the full train recipe after a warm-up, and images per CPU-second (CPU
    time of this process and its grain workers over the timed batches: the
-   cost per image, less sensitive than images/s to other load on the host):
+   cost per image, less sensitive than images/s to other load on the host),
+   over --repeats rounds that interleave the pipelines (mean, min..max: on
+   a shared VM one 20-batch run varies by +-10 %, more than the pipelines
+   differ):
    * classification: the Swin recipe of configs/swin/swin_i1k.py:T
      (inception_crop, rand-m9-mstd0.5-inc1, random erasing 0.25, 224,
      ImageNet mean/std);
@@ -331,6 +335,9 @@ def main(argv=None) -> int:
                            'expected to take over --tf_resume_budget s')
   parser.add_argument('--tf_resume_budget', type=float, default=60.0)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--repeats', type=int, default=None,
+                      help='interleaved rounds of the throughput runs '
+                      '(default 3; --quick 1)')
   parser.add_argument('--quick', action='store_true',
                       help='smoke run: small data, few batches; first batches '
                            'timed in-process')
@@ -343,6 +350,7 @@ def main(argv=None) -> int:
                                    (8 if det else 64))
   num_batches = args.num_batches or (3 if quick else 20)
   warmup = args.warmup or (1 if quick else 4)
+  args.repeats = args.repeats or (1 if quick else 3)
   settings = parse_settings(args.settings or (
       '2x0' if quick else '1x0,2x0,4x0,1x2,2x2'))
   resume_steps = [int(s) for s in (args.tf_resume_steps or (
@@ -394,27 +402,37 @@ def main(argv=None) -> int:
         f'(b) grain: {lib}, on ArrayRecord; t = config.input.num_threads, '
         f'w = config.input.num_workers')
 
-  rows = []
+  rows = []  # (name, [result of each round])
 
-  def add(name, r):
-    rows.append((name, r))
+  def show(name, r, label):
     print(f'  {name:<24} {r["images_per_s"]:7.1f} img/s  '
           f'{r["images_per_s"] / cores:6.1f} img/s/core  '
           f'{r["images_per_cpu_s"]:6.1f} img/cpu-s  '
           f'(busy {r["cpu_util"]:.2f} cores, first batch '
-          f'{r["first_batch_s"]:.1f} s)', flush=True)
+          f'{r["first_batch_s"]:.1f} s){label}', flush=True)
 
-  print('\nthroughput after warm-up:')
-  add('(a) tf.data', throughput(tf_make(), batch_size=batch_size,
-                                warmup=warmup, num_batches=num_batches))
+  runs = [('(a) tf.data', lambda: throughput(
+      tf_make(), batch_size=batch_size, warmup=warmup,
+      num_batches=num_batches))]
   for threads, workers in settings:
     in_flight = threads * max(1, workers)
     # Whole rounds of the concurrently computed batches: unbiased rates.
     w = -(-max(warmup, in_flight) // in_flight) * in_flight
     n = -(-num_batches // in_flight) * in_flight
-    add(f'(b) grain t={threads} w={workers}', throughput(
-        grain_make(threads, workers), batch_size=batch_size, warmup=w,
-        num_batches=n))
+    runs.append((f'(b) grain t={threads} w={workers}',
+                 lambda t=threads, k=workers, w=w, n=n: throughput(
+                     grain_make(t, k), batch_size=batch_size, warmup=w,
+                     num_batches=n)))
+  # Rounds interleave the pipelines, so a slow spell of a shared host (a VM's
+  # neighbours) falls on all of them rather than on one.
+  print(f'\nthroughput after warm-up ({args.repeats} interleaved round(s)):')
+  results = {name: [] for name, _ in runs}
+  for round_ in range(args.repeats):
+    for name, run in runs:
+      results[name].append(run())
+      show(name, results[name][-1],
+           f'  [round {round_ + 1}]' if args.repeats > 1 else '')
+  rows = list(results.items())
 
   where = ('in this process (--quick: graphs traced earlier may be reused)'
            if quick else 'each in a fresh process, as a restarted trainer: '
@@ -485,10 +503,16 @@ def main(argv=None) -> int:
 
   print(f'\nsummary ({args.task}, batch {batch_size}, {cores} cores)')
   print(f'  {"pipeline":<24} {"img/s":>8} {"img/s/core":>11} '
-        f'{"img/cpu-s":>10}')
-  for name, r in rows:
-    print(f'  {name:<24} {r["images_per_s"]:8.1f} '
-          f'{r["images_per_s"] / cores:11.1f} {r["images_per_cpu_s"]:10.1f}')
+        f'{"img/cpu-s":>10}  (mean of {args.repeats} round(s); min..max)')
+  for name, rs in rows:
+    ips = [r['images_per_s'] for r in rs]
+    cps = [r['images_per_cpu_s'] for r in rs]
+    spread = (f'  {min(ips):.1f}..{max(ips):.1f} img/s, '
+              f'{min(cps):.1f}..{max(cps):.1f} img/cpu-s'
+              if len(rs) > 1 else '')
+    print(f'  {name:<24} {sum(ips) / len(ips):8.1f} '
+          f'{sum(ips) / len(ips) / cores:11.1f} '
+          f'{sum(cps) / len(cps):10.1f}{spread}')
   print(f'  {"first batch":<24} {"start_step":>10} {"seconds":>9}')
   for name, step, seconds, note in ttfb:
     star = ' (extrapolated)' if note.startswith('EXTRAPOLATED') else ''

@@ -14,6 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from swin_jax import cli
+
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config '
                                           'file, optionally with :arg for get_config(arg).')
@@ -47,6 +49,12 @@ def parse_flags(argv):
   try:
     rest = FLAGS(argv)
     config = FLAGS.config  # the file is loaded and overrides applied here
+  except ImportError as e:  # an import of the config file itself
+    hint = ''
+    if e.name == 'configs':  # `from configs import common`: an install from before configs/
+      hint = (' (the configs package comes with the install: run `pip install -e .` in the '
+              'repository again)')
+    _fail(f'{path} (--config): {type(e).__name__}: {e}{hint}')
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     msg = str(e).strip()
     if 'Traceback (most recent call last)' in msg:  # raised inside the file's get_config()
@@ -65,7 +73,6 @@ def parse_flags(argv):
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
-  logging.getLogger('absl').setLevel(logging.WARNING)
   from swin_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   try:
@@ -82,6 +89,7 @@ def main(argv):
 
 
 def run():
+  cli.quiet_startup()  # before flag parsing loads the config and main imports tensorflow
   app.run(main, flags_parser=parse_flags)
 
 

@@ -91,6 +91,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from swin_jax import cli
+
 _SWEEP_KEYS = ('config', 'base', 'grid', 'random', 'runs', 'metric')
 _RANDOM_KEYS = ('num_samples', 'seed', 'params')
 _DISTRIBUTIONS = ('uniform', 'loguniform', 'randint', 'choice')
@@ -931,6 +933,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None, runner: Runner = run_local) -> int:
   """The command line; returns the exit status (0: every run done, 1: some not, 2: error)."""
+  cli.quiet_startup()
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
     if args.sweep:

@@ -2,6 +2,8 @@
 import glob
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,6 +67,28 @@ def test_common_defaults_are_complete():
   for field in ('seed', 'input', 'model', 'batch_size', 'optimizer', 'schedule', 'checkpoint',
                 'init_from', 'sharding', 'distributed'):
     assert field in c
+
+
+def test_configs_import_common_from_the_package_at_any_cwd(tmp_path):
+  """`from configs import common` works from any directory (pyproject's packages include
+  configs, so the editable install maps it to this folder); no config edits sys.path."""
+  for path in CONFIGS:
+    with open(path) as f:
+      src = f.read()
+    assert 'sys.path' not in src and 'from configs import common' in src, path
+  # A fresh interpreter outside the repository (no jax: about a second).
+  code = ('import importlib.util, sys; p = sys.argv[1]; '
+          's = importlib.util.spec_from_file_location("cfg", p); '
+          'm = importlib.util.module_from_spec(s); s.loader.exec_module(m); '
+          'print(m.get_config("quick").model.name, m.common.__file__)')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  r = subprocess.run([sys.executable, '-c', code,
+                      os.path.join(ROOT, 'configs', 'demo', 'vit_digits.py')],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+  assert r.returncode == 0, f'{r.stderr}\n(reinstall: pip install -e . in {ROOT})'
+  name, common_file = r.stdout.split()
+  assert name == 'vit_demo'
+  assert os.path.samefile(common_file, os.path.join(ROOT, 'configs', 'common.py'))
 
 
 # ---------------------------------------------------------------- DETR

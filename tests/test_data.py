@@ -396,7 +396,7 @@ class _CountingSource:
 def test_resume_cost_does_not_grow_with_the_step(data_dir, monkeypatch):
   """Resuming at step 10**6 reads the records of its batch first, and nothing of the steps
   before it (no replay of the stream), and reaches its first batch as fast as step 0
-  (within 20%, best of 3, + 20 ms)."""
+  (within 20%, best of 5, + 30 ms: a first batch here takes ~65 ms)."""
   sources = []
   real_open = ip.loader.open_source
 
@@ -407,7 +407,7 @@ def test_resume_cost_does_not_grow_with_the_step(data_dir, monkeypatch):
   monkeypatch.setattr(ip.loader, 'open_source', counting_open)
   cfg = make_cfg(data_dir, cache=False, num_threads=1, prefetch=1)
   first = {}
-  for start in (0, 10**6) * 3:
+  for start in (0, 10**6) * 5:
     t0 = time.perf_counter()
     batch = next(iter(ip.make_train_dataset(cfg, global_batch_size=64, seed=0,
                                             start_step=start)))
@@ -418,7 +418,7 @@ def test_resume_cost_does_not_grow_with_the_step(data_dir, monkeypatch):
   order = ip.loader.TrainOrder(local_batch=64, num_records=1437, seed=0)
   assert sources[-1].reads[:64] == [order.record(g)
                                     for g in range(64 * 10**6, 64 * (10**6 + 1))]
-  assert first[10**6] <= 1.2 * first[0] + 0.02, first
+  assert first[10**6] <= 1.2 * first[0] + 0.03, first
 
 
 def test_read_threads_and_workers_do_not_change_the_batches(data_dir):

@@ -420,14 +420,6 @@ def test_too_many_boxes_fails_naming_max_boxes_and_keeps_checkpoints(trained, tm
                _state_at(trained.workdir, 6)['params'])
 
 
-def test_predict_module_imports_beside_the_trainer_flags():
-  """The trainer imports swin_jax.predict for its end-of-run pictures in a process where
-  main.py's absl flags (--workdir) exist: predict must not define flags at import."""
-  r = subprocess.run([sys.executable, '-c', 'import swin_jax.main, swin_jax.predict'],
-                     cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-2000:]
-
-
 # ------------------------------------------------------------------ backbone pretraining
 def test_pretrain_runs_first_and_starts_the_backbone(detection_tfds_dir, tfds_dir, tmp_path):
   """config.pretrain (the demo's digits classifier) trains in <workdir>/pretrain before

@@ -91,11 +91,11 @@ def test_label_smoothing_cross_entropy_matches_numpy():
   assert math.isclose(float(metrics['accuracy']), 0.5)
 
 
-def test_eval_sums_respect_mask():
+def test_eval_outputs_respect_mask():
   task = ClassificationTask(3)
   logits = jnp.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
   batch = {'label': jnp.array([0, 0, 2]), 'mask': jnp.array([True, True, False])}
-  out = task.summarize(jax.device_get(task.eval_sums(logits, batch)))
+  out = task.summarize(jax.device_get(task.eval_outputs(logits, batch)))
   assert out['num_examples'] == 2 and out['accuracy'] == 0.5
 
 

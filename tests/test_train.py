@@ -1,5 +1,7 @@
-"""The trainer: exact resume after SIGKILL, SIGTERM save, 8 vs 1 devices, accumulation,
-NaN stop, checkpoint mismatch, init_from, and the CLI's errors."""
+"""The trainer: exact resume after SIGKILL, SIGTERM save, 8 vs 1 devices, NaN stop,
+checkpoint mismatch, init_from, the CLI's errors; and the train step's gradient (accumulation,
+FSDP) and EMA against references."""
+import functools
 import json
 import os
 import signal
@@ -8,8 +10,11 @@ import sys
 import textwrap
 import time
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -135,22 +140,200 @@ def _losses(tmp_path, tfds_dir, devices, accum=1, fsdp=False):
   return np.array(out['losses'])
 
 
-def test_eight_devices_match_one_and_accumulation_matches_big_batch(tfds_dir, tmp_path):
-  # The 1-device run in this test process (one device), the others in subprocesses.
+def test_eight_devices_match_one(tfds_dir, tmp_path):
+  # The 1-device run in this test process (one device), the other in a subprocess.
+  # (Accumulation and FSDP: the gradient tests below, exact to float32 rounding.)
   from swin_jax.train import loop
   c = _quick(tfds_dir, log_every_steps=1, **{'model.drop_path_rate': 0.1})
   loop.train_and_evaluate(c, str(tmp_path / 'one'))
   one = np.array([json.loads(l)['loss'] for l in open(tmp_path / 'one' / 'metrics.jsonl')
                   if json.loads(l)['split'] == 'train'])
   eight = _losses(tmp_path, tfds_dir, 8)
-  eight_fsdp_accum = _losses(tmp_path, tfds_dir, 8, accum=2, fsdp=True)
   assert len(one) == 6 and np.all(np.isfinite(one))
   assert one[-1] != one[0]  # the weights moved
   # Same global batch, same dropout keys: only the reduction order differs (float32).
   np.testing.assert_allclose(eight, one, rtol=2e-5, atol=2e-6)
-  # Two micro-batches of 32 average to the same gradient as one batch of 64 (no BatchNorm);
-  # drop-path masks are drawn per micro-batch, so losses differ at the dropout-noise level.
-  np.testing.assert_allclose(eight_fsdp_accum, one, rtol=2e-2)
+
+
+# ---- the train step's gradient and EMA (swin_jax/train/steps.py) ------------------------
+
+
+def _capture_grads():
+  """An optax 'optimizer' whose state is the last gradient it got (params unchanged): one
+  train step then hands back its gradient in new_state.opt_state, sharded as the params."""
+  return optax.GradientTransformation(
+      init=lambda params: jax.tree.map(jnp.zeros_like, params),
+      update=lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+
+
+class _Classification:
+  """ClassificationTask's train loss (tasks.py: mean softmax cross-entropy of hard labels,
+  no smoothing, no Mixup) without its input pipelines, whose TensorFlow import costs a
+  subprocess ~10 s."""
+
+  def model_kwargs(self, batch):
+    del batch
+    return {}
+
+  def loss(self, logits, batch):
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+    return loss, {'loss': loss}
+
+
+@functools.lru_cache(maxsize=None)
+def _one_block_vit(state_file=None):
+  """(vit_demo with 1 block on 16x16 images, drop-path off (no randomness), its initial
+  train state for _capture_grads, on the host), once per process: initialised on one
+  device, or read from state_file (a subprocess then starts from this process's exact
+  values, without compiling the initialisation again)."""
+  import flax  # pylint: disable=g-import-not-at-top
+  from swin_jax.models import create_model
+  from swin_jax.train import steps
+  model = create_model('vit_demo', num_classes=10, img_size=16, depth=1, drop_path_rate=0.0)
+  create = lambda: steps.create_train_state(model, _capture_grads(), jax.random.PRNGKey(0),
+                                            (1, 16, 16, 3), use_ema=False)
+  if state_file:
+    with open(state_file, 'rb') as f:
+      return model, flax.serialization.from_bytes(jax.eval_shape(create), f.read())
+  state = jax.device_get(jax.jit(create)())
+  # The head starts at zero (timm's init), which zeroes every gradient below it: a random
+  # head gives every parameter a gradient to compare.
+  head = state.params['head']['kernel']
+  head = np.random.default_rng(0).normal(0.0, 0.1, head.shape).astype(head.dtype)
+  return model, state.replace(params={**state.params, 'head': {**state.params['head'],
+                                                               'kernel': head}})
+
+
+def _train_step_grads(accum, fsdp, state_file=None, batch_size=32):
+  """The gradient of one jitted, sharded train step (steps.make_train_step +
+  jit_train_step, as the trainer builds them), float32, on a fixed random batch, on every
+  device of this process.
+
+  Returns (gradient leaves as float64 numpy, loss, number of FSDP-sharded param leaves).
+  """
+  from swin_jax.train import sharding as shd, steps
+  model, state = _one_block_vit(state_file)
+  mesh = shd.create_mesh()
+  sharding = shd.state_shardings(state, mesh, fsdp)
+  step = steps.jit_train_step(steps.make_train_step(
+      model, _Classification(), _capture_grads(), optax.constant_schedule(0.0),
+      base_rng=jax.random.PRNGKey(1), grad_accum_steps=accum, gather_params=fsdp),
+      sharding, mesh)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(batch_size, 16, 16, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, batch_size).astype(np.int32)}
+  new, metrics = step(jax.device_put(state, sharding), shd.global_batch(batch, mesh))
+  grads = [np.asarray(g, np.float64) for g in jax.tree.leaves(jax.device_get(new.opt_state))]
+  sharded = sum(not s.is_fully_replicated for s in jax.tree.leaves(sharding.params))
+  return grads, float(metrics['loss']), sharded
+
+
+def _assert_grads_close(got, want):
+  """Per leaf, |got - want| <= 1e-5 * max|want|: the same float32 sums in another order
+  (means of micro-batch means, per-device partial sums). Measured: <= 5e-7 of a leaf's
+  largest entry (float32 eps 1.2e-7 times a few levels of reductions), 20x below the bound;
+  a gradient that drops, repeats or mis-weights a micro-batch or a device's rows is off by
+  O(1) of it (the first half of the batch alone: >= 0.6 on every leaf)."""
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    assert np.abs(w).max() > 0  # every leaf is compared, none is trivially zero
+    np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())
+
+
+@pytest.fixture(scope='module')
+def full_batch_grads():
+  """The reference: one batch of 32, no accumulation, no FSDP, one device."""
+  return _train_step_grads(accum=1, fsdp=False)
+
+
+def test_accumulated_gradient_equals_full_batch_gradient(full_batch_grads):
+  want, want_loss, _ = full_batch_grads
+  got, loss, _ = _train_step_grads(accum=4, fsdp=False)  # 4 micro-batches of 8
+  _assert_grads_close(got, want)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)  # the mean of equal-size means
+
+
+_GRADS_SCRIPT = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, {tests!r})
+    import jax, numpy as np
+    import test_train
+    assert jax.device_count() == {devices}, jax.devices()
+    grads, loss, sharded = test_train._train_step_grads({accum}, True, {state!r})
+    np.savez({out!r}, loss=loss, sharded=sharded, **{{f'g{{i}}': g for i, g in enumerate(grads)}})
+''')
+
+
+def test_fsdp_accumulated_gradient_on_eight_devices_equals_full_batch_gradient(
+    full_batch_grads, tmp_path):
+  # 8 CPU devices need a process of their own (this one has 1): FSDP params, 2 micro-batches
+  # of 16, each spread over the 8 devices (2 rows each).
+  import flax  # pylint: disable=g-import-not-at-top
+  want, want_loss, _ = full_batch_grads
+  state, out = str(tmp_path / 'state.msgpack'), str(tmp_path / 'grads.npz')
+  with open(state, 'wb') as f:
+    f.write(flax.serialization.to_bytes(_one_block_vit()[1]))
+  script = _GRADS_SCRIPT.format(tests=os.path.join(ROOT, 'tests'), devices=8, accum=2,
+                                state=state, out=out)
+  env = dict(os.environ, XLA_FLAGS=os.environ['XLA_FLAGS'] +
+             ' --xla_force_host_platform_device_count=8')
+  res = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  with np.load(out) as f:
+    assert f['sharded'] > 0  # FSDP did shard params (else this is the replicated case)
+    got = [f[f'g{i}'] for i in range(len(want))]
+    np.testing.assert_allclose(float(f['loss']), want_loss, rtol=1e-6)
+  _assert_grads_close(got, want)
+
+
+class _Affine(nn.Module):
+  """A linear map of the flattened image: the smallest model the train step can train."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+class _Regression:
+  """A task (tasks.py interface): mean squared error to batch['target']."""
+
+  def model_kwargs(self, batch):
+    del batch
+    return {}
+
+  def loss(self, out, batch):
+    loss = jnp.mean((out - batch['target']) ** 2)
+    return loss, {'loss': loss}
+
+
+def test_ema_is_d_times_ema_plus_one_minus_d_times_params_from_the_first_step():
+  from swin_jax.train import steps
+  d = 0.9  # not 0.5: swapping d and 1 - d must change the result
+  model, task, tx = _Affine(), _Regression(), optax.sgd(0.5)
+  state = steps.create_train_state(model, tx, jax.random.PRNGKey(0), (4, 2, 2, 1), use_ema=True)
+  step = jax.jit(steps.make_train_step(model, task, tx, optax.constant_schedule(0.5),
+                                       base_rng=jax.random.PRNGKey(1), ema_decay=d))
+  leaves = lambda tree: [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+  ema = leaves(state.params)  # ema_0 = params_0
+  swapped = list(ema)
+  for got, want in zip(leaves(state.ema_params), ema):
+    np.testing.assert_array_equal(got, want)
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    batch = {'image': rng.normal(size=(4, 2, 2, 1)).astype(np.float32),
+             'target': rng.normal(size=(4, 3)).astype(np.float32)}
+    state, _ = step(state, batch)
+    params = leaves(state.params)  # the params after this step's update
+    ema = [d * e + (1 - d) * p for e, p in zip(ema, params)]
+    swapped = [(1 - d) * e + d * p for e, p in zip(swapped, params)]
+    # A constant d from the first step on: no warm-up rule (e.g. min(d, (1 + t) / (10 + t))).
+    # float32 rounding of a few multiply-adds of O(1) values: ~1e-7; the steps move the
+    # params by O(0.1), so a swapped or warmed-up decay is off by far more than 1e-5.
+    for got, want in zip(leaves(state.ema_params), ema):
+      np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+  assert max(np.abs(e - s).max() for e, s in zip(ema, swapped)) > 1e-2  # not vacuous
 
 
 def test_keep_last_n_and_nan_loss_keeps_last_good_checkpoint(tfds_dir, tmp_path):

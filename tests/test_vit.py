@@ -1,4 +1,5 @@
-"""ViT behaviour on tiny configs (parameter counts of the full-size models: test_tools.py)."""
+"""ViT behaviour on tiny configs; parameter counts of the full-size models (the 224 ViTs:
+test_tools.py; the other resolutions and DeiT names: here)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +7,21 @@ import pytest
 
 from swin_jax.models import create_model
 from swin_jax.models.vit import posemb_sincos_2d
+
+
+# sum(p.numel() for p in timm.create_model(name, pretrained=False).parameters()), timm 1.0.31
+# (num_classes=1000). The DeiT names are timm VisionTransformers, the same networks as the
+# vit_* of their size; a 384 model differs from its 224 one only in pos_embed.
+TIMM_PARAMS = {
+    'vit_small_patch16_384': 22_196_584,
+    'vit_base_patch16_384': 86_859_496,
+    'vit_base_patch32_384': 88_297_192,
+    'vit_large_patch16_384': 304_715_752,
+    'deit_tiny_patch16_224': 5_717_416,
+    'deit_small_patch16_224': 22_050_664,
+    'deit_base_patch16_224': 86_567_656,
+    'deit_base_patch16_384': 86_859_496,
+}
 
 
 def _init(model, size=32, batch=2):
@@ -85,3 +101,13 @@ def test_unknown_model_and_override():
     create_model('vit_base_patch16_244')
   with pytest.raises(TypeError, match="unknown model override.*'num_clases'"):
     create_model('vit_demo', num_clases=3)
+
+
+@pytest.mark.parametrize('name', sorted(TIMM_PARAMS))
+def test_param_counts_match_timm(name):
+  model = create_model(name)
+  size = 384 if name.endswith('_384') else 224
+  assert model.img_size == size  # the size timm's pretrained weights were trained at
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)['params']  # traced only
+  assert sum(p.size for p in jax.tree.leaves(params)) == TIMM_PARAMS[name]

@@ -18,11 +18,7 @@ digit is another glyph), and padded to 80x80. The run ends with COCO
 evaluation (pycocotools) on the 250 test canvases and draws the predictions on a few of them
 into <workdir>/predictions/.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 
 def get_config(arg=None):

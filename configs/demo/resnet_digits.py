@@ -6,11 +6,7 @@ torchvision's ResNet-50 layout made CPU-sized (3 stages of one bottleneck, width
 GroupNorm), on scikit-learn's 8x8 digits upsampled to 24x24. configs/demo/detr_digits.py
 runs this first (config.pretrain) and starts DETR's backbone from it.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 
 def get_config(arg=None):

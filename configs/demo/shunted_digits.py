@@ -14,11 +14,7 @@ BatchNorm statistics train along (the `batch_stats` collection of the checkpoint
 
 Variants: `:quick` (a few steps, for tests).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 
 def get_config(arg=None):

@@ -12,11 +12,7 @@ CPU and reached 92.8% in a 30-epoch run. Same trainer and data as configs/demo/v
 
 Variants: `:quick` (a few steps, for tests).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 
 def get_config(arg=None):

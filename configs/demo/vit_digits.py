@@ -5,11 +5,7 @@ handwritten digits, upsampled to 16x16: 4x4 patches of 4 pixels), on CPU in abou
 
 Variants: `:quick` (a few steps, for tests).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 
 def get_config(arg=None):

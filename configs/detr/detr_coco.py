@@ -26,11 +26,7 @@ x 8), dropout 0.1, 6 + 6 layers, 100 queries, aux losses, ImageNet-pretrained ba
 frozen BatchNorm, stem and layer1 not trained; DETR's augmentation (flip, multi-scale 480..800
 max 1333, random resize + crop with p 0.5). Images are padded to a static 1344x1344 (jit).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 # row: (model name, paper AP (500 epochs))
 _ROWS = {

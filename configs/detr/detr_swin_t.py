@@ -13,11 +13,7 @@ Swin's attention too, so detections do not depend on how much an image is padded
 reports this combination, so there is no reference AP; the Swin paper's detection results use
 Cascade Mask R-CNN, a different detector.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 
 def get_config(arg=None):

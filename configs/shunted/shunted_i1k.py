@@ -30,11 +30,7 @@ resizes bilinear (antialiased).
 The stem's BatchNorm statistics (the ``batch_stats`` collection) are computed over the global
 batch (one jit over all devices) and saved with the checkpoints.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 # variant: (model name, drop-path, gradient clipping (0 = off), paper top-1)
 _VARIANTS = {

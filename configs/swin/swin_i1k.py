@@ -49,11 +49,7 @@ checkpoint with another window size (B-384-ft starts from window 7, the model ha
 needs its relative_position_bias_table resized. All weights train (config.finetune.freeze
 ''); B-384-ft keeps the loaded 1K head (config.finetune.new_head False).
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 # variant: (model name, image size, drop-path, fine-tune?, paper top-1)
 _VARIANTS = {

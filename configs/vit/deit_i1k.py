@@ -30,11 +30,7 @@ official deit_base_patch16_224-b5f2ef4d.pth; pos_embed is resampled 14x14 -> 24x
 5e-6 (so constant after the 5 warm-up epochs), the same augmentation; the 1,000-class head is
 kept (config.finetune.new_head False) and every weight trains.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import common
 
 # variant: (model name, image size, fine-tune?, top-1)
 _VARIANTS = {

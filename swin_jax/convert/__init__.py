@@ -27,14 +27,16 @@ from swin_jax.convert.shunted import convert_shunted
 from swin_jax.convert.swin import (adapt_swin_param, convert_swin,
                                    resize_relative_position_bias_table)
 from swin_jax.convert.torch_io import read_state_dict
-from swin_jax.convert.vit import convert_timm_vit, load_vit_npz, resample_pos_embed
+from swin_jax.convert.vit import (adapt_vit_param, convert_timm_vit, load_vit_npz,
+                                  resample_pos_embed)
+from swin_jax.models import create_model, model_family
 
 __all__ = ['load_torch_checkpoint', 'load_vit_npz', 'resample_pos_embed', 'read_state_dict',
            'resize_relative_position_bias_table', 'torch_bicubic_resize', 'torch_resize',
            'CONVERTERS', 'adapt_param']
 
-# family -> fn(state_dict, model, *, name, drop_head[, head_class_map]) -> params. Shunted /
-# DETR converters register here as they are added.
+# family -> fn(state_dict, model, *, name, drop_head[, head_class_map]) -> params, or the whole
+# variables dict where the converter is marked ``returns_variables``.
 CONVERTERS: Dict[str, Callable[..., Dict[str, Any]]] = {
     'vit': convert_timm_vit,
     'swin': convert_swin,
@@ -79,7 +81,6 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
       would fit).
     NotImplementedError: no converter for the model's family yet.
   """
-  from swin_jax.models import create_model, model_family  # pylint: disable=g-import-not-at-top
   family = model_family(name)
   if family not in CONVERTERS:
     raise NotImplementedError(f'no checkpoint converter for {family!r} models ({name!r}) yet; '
@@ -93,21 +94,14 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
   model = create_model(name, **model_overrides)
   state_dict = read_state_dict(source)
   params = convert(state_dict, model, name=name, drop_head=drop_head, **options)
-  if getattr(convert, 'returns_variables', False):  # Shunted: params and BN batch_stats
+  if getattr(convert, 'returns_variables', False):  # e.g. Shunted: params and BN batch_stats
     return params
   return {'params': params}
 
 
-def _adapt_vit(model, path: str, value, shape):
-  if path.endswith("['pos_embed']") and len(shape) == 3 and value.shape[2] == shape[2]:
-    return resample_pos_embed(value, model.grid_size(),
-                              num_prefix_tokens=model.num_prefix_tokens)
-  return None
-
-
 # family -> fn(model, path, value, target_shape) -> adapted array or None (cannot adapt).
 ADAPTERS: Dict[str, Callable[..., Any]] = {
-    'vit': _adapt_vit,
+    'vit': adapt_vit_param,
     'swin': adapt_swin_param,
 }
 
@@ -121,7 +115,6 @@ def adapt_param(name: str, model, path: str, value, shape):
   fine-tuning code). Returns None when the leaf cannot be adapted (e.g. a head with another
   number of classes).
   """
-  from swin_jax.models import model_family  # pylint: disable=g-import-not-at-top
   fn = ADAPTERS.get(model_family(name))
   out = fn(model, path, value, tuple(shape)) if fn else None
   return None if out is None or tuple(out.shape) != tuple(shape) else out

@@ -16,12 +16,13 @@ a fresh model, the transformer and heads keep their initialisation.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+
+from swin_jax.convert.common import variable_shapes
+from swin_jax.convert.torch_io import to_numpy
 
 _FROZEN_LEAVES = ('weight', 'bias', 'running_mean', 'running_var')
 
@@ -36,12 +37,6 @@ def _module_path(key: str) -> Tuple[Tuple[str, ...], str]:
     else:
       parts.append(p)
   return tuple(parts), key.split('.')[-1]
-
-
-def _to_numpy(v) -> np.ndarray:
-  if hasattr(v, 'detach'):  # torch tensor
-    v = v.detach().cpu().float().numpy()
-  return np.asarray(v, np.float32)
 
 
 def convert_detr(state_dict: Dict[str, Any], model, *, name: str = 'detr',
@@ -67,10 +62,8 @@ def convert_detr(state_dict: Dict[str, Any], model, *, name: str = 'detr',
              if p not in out[col] and not (drop_head and p[0] == 'class_embed')
              and not (backbone_only and p[0] != 'backbone_0')]
   if unexpected or missing:
-    raise ValueError(f'{name}: checkpoint does not fit the model: unexpected keys '
-                     f'{unexpected[:5]}, missing {missing[:5]} ({len(unexpected)} / '
-                     f'{len(missing)} in all). A DC5 / R101 / other model name, or '
-                     f'backbone_depths=, enc_layers=, dec_layers= may fit it.')
+    raise _fit_error(name, unexpected, missing, 'A DC5 / R101 / other model name, or '
+                     'backbone_depths=, enc_layers=, dec_layers= may fit it.')
   return {col: traverse_util.unflatten_dict(out[col]) for col in out}
 
 
@@ -79,11 +72,18 @@ convert_detr.returns_variables = True
 
 def _targets(model) -> Dict[str, Dict[Tuple[str, ...], Tuple[int, ...]]]:
   """{'params' / 'frozen': {path tuple: shape}} of the model's variables."""
-  abstract = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3))),
-                            jax.random.key(0))
-  return {col: traverse_util.flatten_dict(
-      jax.tree.map(lambda x: tuple(x.shape), abstract.get(col, {}),
-                   is_leaf=lambda x: hasattr(x, 'shape'))) for col in ('params', 'frozen')}
+  out: Dict[str, Dict[Tuple[str, ...], Tuple[int, ...]]] = {'params': {}, 'frozen': {}}
+  # A small image: no variable's shape depends on the image size.
+  for (col, path), s in variable_shapes(model, tuple(out), image_hw=(64, 64)).items():
+    out[col][path] = tuple(s.shape)
+  return out
+
+
+def _fit_error(name: str, unexpected: Sequence[str], missing: Sequence[str],
+               hint: str) -> ValueError:
+  return ValueError(f'{name}: checkpoint does not fit the model: unexpected keys '
+                    f'{unexpected[:5]}, missing {missing[:5]} ({len(unexpected)} / '
+                    f'{len(missing)} in all). {hint}')
 
 
 def _map_keys(state_dict, targets, name: str, *, drop_head: bool = False, rename=None):
@@ -101,7 +101,7 @@ def _map_keys(state_dict, targets, name: str, *, drop_head: bool = False, rename
       continue
     if drop_head and mod[:1] in (('class_embed',), ('fc',)):
       continue
-    v = _to_numpy(value)
+    v = to_numpy(value).astype(np.float32, copy=False)
     if leaf in _FROZEN_LEAVES and mod + (leaf,) in targets['frozen']:
       col, path = 'frozen', mod + (leaf,)
     elif leaf in ('in_proj_weight', 'in_proj_bias'):
@@ -148,9 +148,7 @@ def convert_resnet(state_dict: Dict[str, Any], model, *, name: str = 'resnet50',
   missing = ['/'.join(p) for col in out for p in targets[col]
              if p not in out[col] and not (drop_head and p[0] == 'fc')]
   if unexpected or missing:
-    raise ValueError(f'{name}: checkpoint does not fit the model: unexpected keys '
-                     f'{unexpected[:5]}, missing {missing[:5]} ({len(unexpected)} / '
-                     f'{len(missing)} in all). resnet101 or depths= may fit it.')
+    raise _fit_error(name, unexpected, missing, 'resnet101 or depths= may fit it.')
   return {col: traverse_util.unflatten_dict(out[col]) for col in out if out[col]}
 
 

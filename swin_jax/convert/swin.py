@@ -26,6 +26,7 @@ lists (ImageNet-22K -> 1K with the official ``data/map22kto1k.txt``, as ``load_p
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -33,12 +34,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import numpy as np
-from flax import traverse_util
 
-from swin_jax.convert import resize
-from swin_jax.convert.torch_io import StateDict, to_numpy
-from swin_jax.convert.vit import (Path, _flax_to_torch_shape, _torch_to_flax,
-                                  key_mismatch_lines, param_shapes)
+from swin_jax.convert import common, resize
+from swin_jax.convert.common import Path
+from swin_jax.convert.torch_io import StateDict, require_file, to_numpy
 
 LAYOUTS = ('official', 'timm')
 # Buffers that some checkpoints store and the model rebuilds (the official load_pretrained
@@ -89,13 +88,7 @@ def official_to_timm_key(key: str) -> str:
 def swin_key(path: Path) -> str:
   """Flax param path -> official state_dict key, e.g. ('layers_0', 'blocks_1', 'attn', 'qkv',
   'kernel') -> 'layers.0.blocks.1.attn.qkv.weight'."""
-  *mods, leaf = path
-  parts = []
-  for m in mods:
-    mm = re.fullmatch(r'(layers|blocks)_(\d+)', m)
-    parts += [mm.group(1), mm.group(2)] if mm else [m]
-  parts.append({'kernel': 'weight', 'scale': 'weight'}.get(leaf, leaf) if mods else leaf)
-  return '.'.join(parts)
+  return common.torch_key(path, 'layers|blocks')
 
 
 # Module order inside a block / PatchMerging / PatchEmbed, for listing keys as the model has them.
@@ -137,14 +130,8 @@ def swin_params_to_torch(params: Mapping[str, Any], layout: str = 'official') ->
   """The inverse of ``convert_swin``: flax params -> a state_dict (numpy) of ``layout``."""
   if layout not in LAYOUTS:
     raise ValueError(f'layout={layout!r}: use one of {LAYOUTS}')
-  out: StateDict = {}
-  for path, v in traverse_util.flatten_dict(dict(params)).items():
-    v = np.asarray(v)
-    if path[-1] == 'kernel':
-      v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
-    key = swin_key(path)
-    out[official_to_timm_key(key) if layout == 'timm' else key] = np.ascontiguousarray(v)
-  return out
+  rename = official_to_timm_key if layout == 'timm' else (lambda k: k)
+  return common.to_state_dict({'params': params}, lambda _, path: rename(swin_key(path)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,17 +175,23 @@ def resize_relative_position_bias_table(table: np.ndarray, window_size: int) -> 
   return out.reshape(heads, s2 * s2).T.astype(table.dtype)
 
 
+def _table_for(value: np.ndarray, shape: Sequence[int]) -> Optional[np.ndarray]:
+  """``value`` resized to a bias table of ``shape`` [(2ws-1)^2, heads], or None where either
+  is not such a table or the heads differ."""
+  if value.ndim != 2 or len(shape) != 2 or value.shape[1] != shape[1]:
+    return None
+  s2 = _table_side(shape[0])
+  if s2 is None or _table_side(value.shape[0]) is None:
+    return None
+  return resize_relative_position_bias_table(value, (s2 + 1) // 2)
+
+
 def adapt_swin_param(model: nn.Module, path: str, value, shape) -> Optional[np.ndarray]:
   """``ADAPTERS['swin']``: resizes a bias table to the model's window, else None."""
   del model  # the target shape says everything
-  shape = tuple(shape)
-  value = np.asarray(value)
-  if not path.endswith(f"['{_TABLE}']") or value.ndim != 2 or len(shape) != 2:
+  if not path.endswith(f"['{_TABLE}']"):
     return None
-  s2 = _table_side(shape[0])
-  if value.shape[1] != shape[1] or s2 is None or _table_side(value.shape[0]) is None:
-    return None
-  return resize_relative_position_bias_table(value, (s2 + 1) // 2)
+  return _table_for(np.asarray(value), tuple(shape))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,9 +205,7 @@ def read_class_map(head_class_map: ClassMap) -> np.ndarray:
   indices); blank lines are skipped.
   """
   if isinstance(head_class_map, (str, os.PathLike)):
-    path = os.fspath(head_class_map)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'head_class_map file not found: {path!r} (cwd: {os.getcwd()})')
+    path = require_file(head_class_map, 'head_class_map file')
     idx = []
     with open(path) as f:
       for n, line in enumerate(f, 1):
@@ -252,14 +243,11 @@ def infer_swin_config(sd: Mapping[str, np.ndarray]) -> Dict[str, Any]:
     cfg['embed_dim'], cfg['in_chans'] = int(w.shape[0]), int(w.shape[1])
     if w.shape[2] == w.shape[3]:
       cfg['patch_size'] = int(w.shape[2])
-  blocks: Dict[int, int] = {}
-  for k in sd:
-    m = re.match(r'layers\.(\d+)\.blocks\.(\d+)\.', k)
-    if m:
-      i, j = int(m.group(1)), int(m.group(2))
-      blocks[i] = max(blocks.get(i, 0), j + 1)
-  if blocks:
-    cfg['depths'] = tuple(blocks.get(i, 0) for i in range(max(blocks) + 1))
+  stages = common.key_indices(sd, r'layers\.(\d+)\.blocks\.\d+\.')
+  if stages:
+    cfg['depths'] = tuple(
+        max(common.key_indices(sd, rf'layers\.{i}\.blocks\.(\d+)\.'), default=-1) + 1
+        for i in range(max(stages) + 1))
     heads, windows = [], []
     for i in range(len(cfg['depths'])):
       t = sd.get(f'layers.{i}.blocks.0.attn.{_TABLE}')
@@ -282,62 +270,28 @@ def infer_swin_config(sd: Mapping[str, np.ndarray]) -> Dict[str, Any]:
   return cfg
 
 
-def _model_value(model: nn.Module, field: str):
-  v = getattr(model, field)
-  if field in ('depths', 'num_heads'):
-    return tuple(int(x) for x in v)
-  if field == 'mlp_ratio':
-    return float(v)
-  return v
-
-
-def matching_model_names(cfg: Mapping[str, Any]) -> List[str]:
-  """Registered Swin names whose architecture fits ``cfg``; those with its window first."""
-  from swin_jax.models import create_model, list_models  # pylint: disable=g-import-not-at-top
-  same_window, other_window = [], []
-  for name in list_models('swin'):
-    m = create_model(name)
-    if all(k not in cfg or _model_value(m, k) == cfg[k] for k in _ARCH_FIELDS):
-      (same_window if cfg.get('window_size') in (None, m.window_size) else
-       other_window).append(name)
-  return same_window or other_window
-
-
 def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray], layout: str,
-                    missing: List[str], unexpected: List[str],
-                    shape_errors: List[Tuple[str, tuple, tuple]],
-                    drop_head: bool) -> ValueError:
-  show = official_to_timm_key if layout == 'timm' else (lambda k: k)
-  lines = key_mismatch_lines(f'checkpoint ({layout} layout) does not fit model {name!r}:',
-                             missing, unexpected, shape_errors, _key_order, show)
-
+                    drop_head: bool, missing: List[str], unexpected: List[str],
+                    shape_errors: List[common.ShapeError]) -> ValueError:
   cfg = infer_swin_config(sd)
-  diffs = {k: cfg[k] for k in _ARCH_FIELDS if k in cfg and _model_value(model, k) != cfg[k]}
-  fixes = []
-  if diffs:
-    ov = ', '.join(f'{k}={v!r}' for k, v in diffs.items())
-    fix = f'pass the model overrides {ov}'
-    names = [n for n in matching_model_names(cfg) if n != name]
-    if names:
-      fix = (f'this looks like a checkpoint of {" or ".join(repr(n) for n in names)}: use '
-             f'that model name, or {fix}')
-    fixes.append(fix)
+
+  def same_window(m):  # of the registered names that fit, those of the checkpoint's window
+    return cfg.get('window_size') in (None, m.window_size)
+
   n_ckpt = cfg['num_classes']
-  if n_ckpt != model.num_classes and not drop_head:
-    fix = (f'the checkpoint head has {n_ckpt} classes, the model {model.num_classes}: pass '
-           f'num_classes={n_ckpt} to load the head as it is, drop_head=True to leave the head '
-           f'out of the loaded params (keep your own initialised head, e.g. for fine-tuning), '
-           f'or head_class_map= (checkpoint class indices, one per model class, or a text '
-           f'file of them) to keep the listed rows of the head')
-    if n_ckpt == 21841 and model.num_classes == 1000:
-      fix += (" (ImageNet-22K -> 1K: head_class_map='data/map22kto1k.txt' of "
-              'microsoft/Swin-Transformer, as its fine-tuning code does)')
-    fixes.append(fix)
-  if not fixes:
-    fixes.append('check that the checkpoint is a Swin Transformer (v1) of this configuration')
-  lines.append('The checkpoint looks like: ' + ', '.join(f'{k}={v!r}' for k, v in cfg.items()))
-  lines += [f'Fix: {f}.' for f in fixes]
-  return ValueError('\n'.join(lines))
+  head = common.head_fix(n_ckpt, model.num_classes, drop_head, more=(
+      'head_class_map= (checkpoint class indices, one per model class, or a text file of '
+      'them) to keep the listed rows of the head',))
+  if head and n_ckpt == 21841 and model.num_classes == 1000:
+    head += (" (ImageNet-22K -> 1K: head_class_map='data/map22kto1k.txt' of "
+             'microsoft/Swin-Transformer, as its fine-tuning code does)')
+  return common.mismatch_error(
+      f'checkpoint ({layout} layout) does not fit model {name!r}:', missing, unexpected,
+      shape_errors, order=_key_order, cfg=cfg,
+      show=official_to_timm_key if layout == 'timm' else (lambda k: k),
+      fixes=[common.arch_fix(name, model, cfg, 'swin', _ARCH_FIELDS, prefer=same_window),
+             head],
+      fallback='check that the checkpoint is a Swin Transformer (v1) of this configuration')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,40 +349,16 @@ def convert_swin(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'swin',
                      'rows of the checkpoint head), not both')
   sd, layout = to_official_layout({k: to_numpy(v) for k, v in sd.items()})
   full_sd = sd
-  targets = param_shapes(model)
+  targets = common.variable_shapes(model)
   if drop_head:
-    targets = {p: s for p, s in targets.items() if p[0] != 'head'}
-    sd = {k: v for k, v in sd.items() if not k.startswith('head.')}
+    targets, sd = common.without_head(targets, sd)
   elif head_class_map is not None:
     sd = _select_head_rows(sd, model, head_class_map)
 
-  # Check names and shapes first, convert after: a mismatch costs no array work.
-  missing, shape_errors, used, todo = [], [], set(), []
-  for path, target in targets.items():
-    key = swin_key(path)
-    if key not in sd:
-      missing.append(key)
-      continue
-    used.add(key)
-    want = _flax_to_torch_shape(path, target.shape)
-    got = tuple(sd[key].shape)
-    resize_to = None
-    if path[-1] == _TABLE and got != want and len(got) == 2 and got[1] == want[1] and (
-        _table_side(got[0]) and _table_side(want[0])):
-      resize_to = (_table_side(want[0]) + 1) // 2
-    elif got != want:
-      shape_errors.append((key, got, want))
-      continue
-    todo.append((path, key, target, resize_to))
-  unexpected = [k for k in sd if k not in used]
-  if missing or unexpected or shape_errors:
-    raise _mismatch_error(name, model, full_sd, layout, missing, unexpected, shape_errors,
-                          drop_head or head_class_map is not None)
+  def fit(path, v, want):  # a bias table of another window, resized as the official code
+    return _table_for(v, want) if path[-1] == _TABLE else None
 
-  out: Dict[Path, np.ndarray] = {}
-  for path, key, target, resize_to in todo:
-    v = sd[key]
-    if resize_to is not None:
-      v = resize_relative_position_bias_table(v, resize_to)
-    out[path] = np.ascontiguousarray(_torch_to_flax(path, v)).astype(target.dtype)
-  return traverse_util.unflatten_dict(out)
+  return common.map_state_dict(
+      sd, targets, lambda _, path: swin_key(path), fit=fit,
+      error=functools.partial(_mismatch_error, name, model, full_sd, layout,
+                              drop_head or head_class_map is not None))['params']

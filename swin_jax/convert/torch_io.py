@@ -30,6 +30,14 @@ def _import_torch(why: str):
   return torch
 
 
+def require_file(path: Union[str, os.PathLike], what: str = 'checkpoint file') -> str:
+  """``path`` as a str, or FileNotFoundError naming it (and the cwd a relative path is from)."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{what} not found: {path!r} (cwd: {os.getcwd()})')
+  return path
+
+
 def _is_torch_tensor(v) -> bool:
   mod = type(v).__module__
   return mod.startswith('torch') and hasattr(v, 'detach')
@@ -122,9 +130,7 @@ def read_state_dict(source: Source) -> StateDict:
     ValueError: unsupported file type or not a state_dict.
   """
   if isinstance(source, (str, os.PathLike)):
-    path = os.fspath(source)
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'checkpoint file not found: {path!r} (cwd: {os.getcwd()})')
+    path = require_file(source)
     suffix = os.path.splitext(path)[1].lower()
     if suffix in SAFETENSORS_SUFFIXES:
       raw = _load_safetensors(path)

@@ -15,23 +15,18 @@ the grid part resized in 2D; see ``resample_pos_embed``), as timm does on load.
 """
 from __future__ import annotations
 
-import os
+import functools
 import re
 import zipfile
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from swin_jax.convert import resize
-from swin_jax.convert.torch_io import StateDict, to_numpy
-
-Path = Tuple[str, ...]
-
-_MAX_LISTED = 5  # keys named per category in error messages
+from swin_jax.convert import common, resize
+from swin_jax.convert.common import Path
+from swin_jax.convert.torch_io import StateDict, require_file, to_numpy
+from swin_jax.models import create_model, model_family
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,62 +82,53 @@ def resample_pos_embed(posemb: np.ndarray, new_hw: Sequence[int],
 
 
 # ---------------------------------------------------------------------------------------------
-# Name / layout mapping between flax params and timm state_dict keys.
+# Name mapping between flax params and timm state_dict keys.
 
-
-def param_shapes(model: nn.Module) -> Dict[Path, jax.ShapeDtypeStruct]:
-  """Flat {path: ShapeDtypeStruct} of ``model``'s params, by abstract init (no compute)."""
-  h, w = (int(s) for s in _to_2tuple(model.img_size))
-  x = jax.ShapeDtypeStruct((1, h, w, model.in_chans), jnp.float32)
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
-  return traverse_util.flatten_dict(shapes['params'])
-
-
-def _to_2tuple(x):
-  return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+# Re-exported for callers that build or inspect timm state_dicts (the tests do).
+param_shapes = common.param_shapes
+_flax_to_torch_shape = common.flax_to_torch_shape
 
 
 def timm_key(path: Path) -> str:
   """Flax param path -> timm state_dict key, e.g. ('blocks_0','attn','qkv','kernel') ->
   'blocks.0.attn.qkv.weight'."""
-  *mods, leaf = path
-  parts = []
-  for m in mods:
-    mm = re.fullmatch(r'(\w+?)_(\d+)', m)
-    if mm and mm.group(1) == 'blocks':
-      parts += [mm.group(1), mm.group(2)]
-    elif m == 'pre_logits':
-      parts += ['pre_logits', 'fc']
-    else:
-      parts.append(m)
-  if mods:
-    parts.append({'kernel': 'weight', 'scale': 'weight'}.get(leaf, leaf))
-  else:
-    parts.append(leaf)  # cls_token, pos_embed
-  return '.'.join(parts)
+  return common.torch_key(path, 'blocks', modules={'pre_logits': 'pre_logits.fc'})
 
 
-def _torch_to_flax(path: Path, v: np.ndarray) -> np.ndarray:
-  if path[-1] == 'kernel':
-    if v.ndim == 4:  # Conv2d OIHW -> HWIO
-      return v.transpose(2, 3, 1, 0)
-    if v.ndim == 2:  # Linear [out, in] -> Dense [in, out]
-      return v.T
-  return v
+def _key_order(key: str):
+  """Sort key: the model's order (patch_embed, cls_token, pos_embed, blocks.0, ..., head)."""
+  m = re.match(r'blocks\.(\d+)\.(.*)', key)
+  if m:
+    return (3, int(m.group(1)), m.group(2))
+  top = {'patch_embed': 0, 'cls_token': 1, 'pos_embed': 2}.get(key.split('.')[0], 4)
+  return (top, 0, key)
 
 
-def _flax_to_torch_shape(path: Path, shape: Sequence[int]) -> Tuple[int, ...]:
-  shape = tuple(shape)
-  if path[-1] == 'kernel':
-    if len(shape) == 4:
-      return (shape[3], shape[2], shape[0], shape[1])
-    if len(shape) == 2:
-      return shape[::-1]
-  return shape
+def _pos_embed_for(model: nn.Module, value, shape: Sequence[int],
+                   **resample) -> Optional[np.ndarray]:
+  """``value`` [1, N, D] resampled to ``model``'s grid (``resample_pos_embed``), or None if
+  it is not a position embedding of ``shape``'s width D."""
+  if value.ndim != 3 or len(shape) != 3 or value.shape[-1] != shape[-1]:
+    return None
+  return resample_pos_embed(value, model.grid_size(), num_prefix_tokens=model.num_prefix_tokens,
+                            **resample)
+
+
+def adapt_vit_param(model: nn.Module, path: str, value, shape) -> Optional[np.ndarray]:
+  """``ADAPTERS['vit']``: resamples a ``pos_embed`` to the model's grid, else None."""
+  if not path.endswith("['pos_embed']"):
+    return None
+  return _pos_embed_for(model, value, tuple(shape))
 
 
 # ---------------------------------------------------------------------------------------------
 # Diagnostics: what does the checkpoint look like, and how to fix a mismatch.
+
+# Every field infer_timm_vit_config reads but num_classes, in its order (the message's order).
+_CONFIG_FIELDS = ('embed_dim', 'in_chans', 'patch_size', 'depth', 'class_token', 'global_pool',
+                  'qkv_bias', 'mlp_ratio', 'representation_size')
+# Those that tell the registered models apart.
+_ARCH_FIELDS = ('embed_dim', 'depth', 'patch_size', 'mlp_ratio')
 
 
 def infer_timm_vit_config(sd: Mapping[str, np.ndarray]) -> Dict[str, Any]:
@@ -153,7 +139,7 @@ def infer_timm_vit_config(sd: Mapping[str, np.ndarray]) -> Dict[str, Any]:
     cfg['embed_dim'], cfg['in_chans'] = int(w.shape[0]), int(w.shape[1])
     ph, pw = int(w.shape[2]), int(w.shape[3])
     cfg['patch_size'] = ph if ph == pw else (ph, pw)
-  blocks = {int(m.group(1)) for k in sd for m in [re.match(r'blocks\.(\d+)\.', k)] if m}
+  blocks = common.key_indices(sd, r'blocks\.(\d+)\.')
   if blocks:
     cfg['depth'] = max(blocks) + 1
   cfg['class_token'] = 'cls_token' in sd
@@ -172,95 +158,24 @@ def infer_timm_vit_config(sd: Mapping[str, np.ndarray]) -> Dict[str, Any]:
   return cfg
 
 
-def _model_value(model: nn.Module, field: str):
-  v = getattr(model, field)
-  if field == 'patch_size':
-    a, b = _to_2tuple(v)
-    return a if a == b else (a, b)
-  if field == 'mlp_ratio':
-    return float(v)
-  return v
-
-
-def _matching_names(cfg: Mapping[str, Any], family: str = 'vit') -> List[str]:
-  from swin_jax.models import create_model, list_models  # pylint: disable=g-import-not-at-top
-  arch = ('embed_dim', 'depth', 'patch_size', 'mlp_ratio')
-  out = []
-  for name in list_models(family):
-    m = create_model(name)
-    if all(k not in cfg or _model_value(m, k) == cfg[k] for k in arch):
-      out.append(name)
-  return out
-
-
-def _key_order(key: str):
-  """Sort key: the model's order (patch_embed, cls_token, pos_embed, blocks.0, ..., head)."""
-  m = re.match(r'blocks\.(\d+)\.(.*)', key)
-  if m:
-    return (3, int(m.group(1)), m.group(2))
-  top = {'patch_embed': 0, 'cls_token': 1, 'pos_embed': 2}.get(key.split('.')[0], 4)
-  return (top, 0, key)
-
-
-def _fmt_keys(keys: Sequence[str]) -> str:
-  shown = ', '.join(keys[:_MAX_LISTED])
-  more = f', ... ({len(keys)} in all)' if len(keys) > _MAX_LISTED else ''
-  return shown + more
-
-
-def key_mismatch_lines(header: str, missing, unexpected, shape_errors, order,
-                       show=lambda k: k) -> List[str]:
-  """The key-by-key part of a checkpoint/model mismatch message, shared by the converters.
-
-  shape_errors: (key, checkpoint shape, model shape); keys are sorted by ``order`` (model
-  order) and displayed with ``show`` (e.g. in the checkpoint's own layout).
-  """
-  lines = [header]
-  if missing:
-    lines.append(f'  missing in checkpoint: '
-                 f'{_fmt_keys([show(k) for k in sorted(missing, key=order)])}')
-  if unexpected:
-    lines.append(f'  unexpected in checkpoint: '
-                 f'{_fmt_keys([show(k) for k in sorted(unexpected, key=order)])}')
-  if shape_errors:
-    shown = [f'{show(k)} checkpoint {c} vs model {m}'
-             for k, c, m in sorted(shape_errors, key=lambda e: order(e[0]))]
-    lines.append(f'  shape mismatch: {_fmt_keys(shown)}')
-  return lines
-
-
-def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray],
+def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray], drop_head: bool,
                     missing: List[str], unexpected: List[str],
-                    shape_errors: List[Tuple[str, tuple, tuple]],
-                    drop_head: bool = False) -> ValueError:
-  lines = key_mismatch_lines(f'checkpoint does not fit model {name!r} (timm key names):',
-                             missing, unexpected, shape_errors, _key_order)
-
+                    shape_errors: List[common.ShapeError]) -> ValueError:
   cfg = infer_timm_vit_config(sd)
-  diffs = {k: v for k, v in cfg.items()
-           if k != 'num_classes' and _model_value(model, k) != v}
-  fixes = []
+  diffs = common.config_diffs(model, cfg, _CONFIG_FIELDS)
+  fix = None
   if diffs:
-    ov = ', '.join(f'{k}={v!r}' for k, v in diffs.items())
-    fix = f'pass the model overrides {ov}'
-    if 'embed_dim' in diffs:
-      fix += ' (and a num_heads dividing it: heads cannot be read from a checkpoint)'
-    if any(k in diffs for k in ('embed_dim', 'depth', 'patch_size', 'mlp_ratio')):
-      names = _matching_names(cfg)
-      if names:
-        fix = f'use the matching model name {" or ".join(repr(n) for n in names)}, or {fix}'
-    fixes.append(fix)
-  n_ckpt = cfg['num_classes']
-  if n_ckpt != model.num_classes and not drop_head:
-    fixes.append(
-        f'the checkpoint head has {n_ckpt} classes, the model {model.num_classes}: pass '
-        f'num_classes={n_ckpt} to load the head, or drop_head=True to leave the head out of '
-        f'the loaded params (keep your own initialised head, e.g. for fine-tuning)')
-  if not fixes:
-    fixes.append('check that the checkpoint is a timm VisionTransformer of this configuration')
-  lines.append('The checkpoint looks like: ' + ', '.join(f'{k}={v!r}' for k, v in cfg.items()))
-  lines += [f'Fix: {f}.' for f in fixes]
-  return ValueError('\n'.join(lines))
+    fix = common.overrides_fix(diffs, {
+        'embed_dim': ' (and a num_heads dividing it: heads cannot be read from a checkpoint)'})
+    names = (common.matching_model_names('vit', cfg, _ARCH_FIELDS)
+             if any(k in diffs for k in _ARCH_FIELDS) else [])
+    if names:  # the model's own name too: its defaults may fit where its overrides do not
+      fix = f'use the matching model name {" or ".join(repr(n) for n in names)}, or {fix}'
+  return common.mismatch_error(
+      f'checkpoint does not fit model {name!r} (timm key names):', missing, unexpected,
+      shape_errors, order=_key_order, cfg=cfg,
+      fixes=[fix, common.head_fix(cfg['num_classes'], model.num_classes, drop_head)],
+      fallback='check that the checkpoint is a timm VisionTransformer of this configuration')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,46 +206,27 @@ def convert_timm_vit(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'vi
       the overrides or model name that would fit.
   """
   sd = full_sd = {k: to_numpy(v) for k, v in sd.items()}
-  targets = param_shapes(model)
+  targets = common.variable_shapes(model)
   if drop_head:
-    targets = {p: s for p, s in targets.items() if p[0] != 'head'}
-    ignore = ('head.',) if model.representation_size else ('head.', 'pre_logits.')
-    sd = {k: v for k, v in sd.items() if not k.startswith(ignore)}
-  out: Dict[Path, np.ndarray] = {}
-  missing, shape_errors, used = [], [], set()
-  for path, target in targets.items():
-    key = timm_key(path)
-    if key not in sd:
-      missing.append(key)
-      continue
-    used.add(key)
-    v = _torch_to_flax(path, sd[key])
-    if path == ('pos_embed',) and v.shape != target.shape and v.ndim == 3 and (
-        v.shape[-1] == target.shape[-1]):
-      try:
-        v = resample_pos_embed(v, model.grid_size(), num_prefix_tokens=model.num_prefix_tokens,
-                               interpolation=interpolation, antialias=antialias)
-      except ValueError:
-        pass  # reported as a shape mismatch below
-    if v.shape != tuple(target.shape):
-      shape_errors.append((key, tuple(sd[key].shape), _flax_to_torch_shape(path, target.shape)))
-      continue
-    out[path] = v.astype(target.dtype)
-  unexpected = [k for k in sd if k not in used]
-  if missing or unexpected or shape_errors:
-    raise _mismatch_error(name, model, full_sd, missing, unexpected, shape_errors, drop_head)
-  return traverse_util.unflatten_dict(out)
+    targets, sd = common.without_head(
+        targets, sd, ('head.',) if model.representation_size else ('head.', 'pre_logits.'))
+
+  def fit(path, v, want):  # a pos_embed of another grid, resampled as timm does on load
+    if path != ('pos_embed',):
+      return None
+    try:
+      return _pos_embed_for(model, v, want, interpolation=interpolation, antialias=antialias)
+    except ValueError:
+      return None  # reported as a shape mismatch
+
+  return common.map_state_dict(
+      sd, targets, lambda _, path: timm_key(path), fit=fit,
+      error=functools.partial(_mismatch_error, name, model, full_sd, drop_head))['params']
 
 
 def vit_params_to_timm(params: Mapping[str, Any]) -> StateDict:
   """The inverse of ``convert_timm_vit``: flax params -> timm state_dict (numpy arrays)."""
-  out: StateDict = {}
-  for path, v in traverse_util.flatten_dict(dict(params)).items():
-    v = np.asarray(v)
-    if path[-1] == 'kernel':
-      v = v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
-    out[timm_key(path)] = np.ascontiguousarray(v)
-  return out
+  return common.to_state_dict({'params': params}, lambda _, path: timm_key(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,8 +288,7 @@ def vit_npz_to_timm(w: Mapping[str, np.ndarray]) -> StateDict:
   if scanned:
     depth = w[f'{prefix}Transformer/encoderblock/LayerNorm_0/scale'].shape[0]
   else:
-    ids = {int(m.group(1)) for k in w
-           for m in [re.match(re.escape(prefix) + r'Transformer/encoderblock_(\d+)/', k)] if m}
+    ids = common.key_indices(w, re.escape(prefix) + r'Transformer/encoderblock_(\d+)/')
     depth = max(ids) + 1 if ids else 0
   for i in range(depth):
     bp = f'{prefix}Transformer/encoderblock/' if scanned else (
@@ -437,13 +332,10 @@ def load_vit_npz(name: str, path: str, *, drop_head: bool = False,
     or ``drop_head=True``) rather than silently left at its initialisation. The checkpoint's
     ``encoder_norm`` is the model's ``norm``, so the model needs ``global_pool='token'``.
   """
-  from swin_jax.models import create_model, model_family  # pylint: disable=g-import-not-at-top
   family = model_family(name)
   if family != 'vit':
     raise ValueError(f'load_vit_npz loads ViT models; {name!r} is a {family!r} model')
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'checkpoint file not found: {path!r} (cwd: {os.getcwd()})')
+  path = require_file(path)
   try:
     with np.load(path) as f:
       w = {k: f[k] for k in f.files}

@@ -538,30 +538,16 @@ def _eval_specs(cfg: DetectionConfig):
 
 def _batch_function(one, *extra_specs):
   """One tf.function for a whole batch: one(image, objects, *extra[i]) on
-  each record i, the image decoded first.
-
-  Inside, the per-record map is a tf.data map (parallel, order kept),
-  batched and read as a single element, rather than a tf.map_fn: grappler
-  leaves tf.data functions as traced, as the old tf.data pipeline ran them,
-  while in a tf.function body its constant folding rewrites the x / 255 of
-  input_pipeline.normalize as x * (1 / 255), a 1-ulp change of a third of
-  the pixels. So each row is bit for bit what the old pipeline gave for its
-  (record, global index), at the same speed.
-  """
+  each record i, the image decoded first (rows through loader.map_rows, so
+  each is bit for bit what the old tf.data pipeline gave for its record and
+  global index)."""
   def batch(encoded, splits, bbox, label, crowd, *extra):
     def example(encoded, lo, hi, *extra):
       objects = {'bbox': bbox[lo:hi], 'label': label[lo:hi],
                  'is_crowd': crowd[lo:hi]}
       return one(ip.decode_image(encoded), objects, *extra)
 
-    ds = tf.data.Dataset.from_tensor_slices(
-        (encoded, splits[:-1], splits[1:]) + extra)
-    # No Python control flow on tensors (tf.cond / tf.where only):
-    # autograph's conversion would be pure tracing cost.
-    ds = ds.map(tf.autograph.experimental.do_not_convert(example),
-                num_parallel_calls=ip._PARALLEL_ITERATIONS, deterministic=True)
-    size = tf.shape(encoded, out_type=tf.int64)[0]
-    return ds.batch(size).get_single_element()
+    return loader.map_rows(example, encoded, splits[:-1], splits[1:], *extra)
 
   return tf.function(batch, input_signature=_BATCH_SIGNATURE + extra_specs,
                      autograph=False)

@@ -109,9 +109,6 @@ _RAND_AUGMENT_STREAM = 1
 _COLOR_JITTER_STREAM = 2
 _RANDOM_ERASING_STREAM = 3
 _REQUIRED = object()
-# Examples of a batch that TF preprocesses concurrently (tf.map_fn); the
-# batch's threads (config.input.num_threads) add parallelism on top.
-_PARALLEL_ITERATIONS = 16
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -525,14 +522,6 @@ def _stack(records: Sequence[Dict[str, Any]], key: str) -> np.ndarray:
   return np.stack([np.asarray(r[key]) for r in records])
 
 
-def _map_images(fn, out_size: int, encoded: tf.Tensor, *args) -> tf.Tensor:
-  """fn(encoded image, *per-example args) over a batch, inside one graph."""
-  return tf.map_fn(
-      lambda xs: fn(*xs), (encoded,) + args,
-      fn_output_signature=tf.TensorSpec([out_size, out_size, 3], tf.float32),
-      parallel_iterations=_PARALLEL_ITERATIONS)
-
-
 class _LazyGraph:
   """A batch function whose TF graph comes from loader.traced(_key, _build)."""
 
@@ -572,8 +561,7 @@ class _TrainBatch(_LazyGraph):
       return preprocess_train(decode_image(encoded), seed, **preprocess)
 
     return tf.function(
-        lambda encoded, index: _map_images(one, preprocess['size'], encoded,
-                                           index),
+        lambda encoded, index: loader.map_rows(one, encoded, index),
         input_signature=[tf.TensorSpec([None], tf.string),
                          tf.TensorSpec([None], tf.int64)])
 
@@ -604,7 +592,7 @@ class _EvalBatch(_LazyGraph):
     preprocess = self.preprocess
     one = lambda encoded: preprocess_eval(decode_image(encoded), **preprocess)
     return tf.function(
-        lambda encoded: _map_images(one, preprocess['size'], encoded),
+        lambda encoded: loader.map_rows(one, encoded),
         input_signature=[tf.TensorSpec([None], tf.string)])
 
   def __call__(self, step: int) -> Dict[str, np.ndarray]:

@@ -13,6 +13,9 @@ DETR) are built from the pieces here:
       step 10**6 costs what step 0 costs and nothing is read twice.
   EvalOrder
       The same for one padded pass over a split in storage order.
+  map_rows(fn, *columns) -> tensors
+      Inside a batch's tf.function: fn on each row, rows computed in
+      parallel, stacked in order.
   make_dataset(batch_fn, start_step, num_steps, read) -> grain.IterDataset
       grain MapDataset over the steps, mapped by `batch_fn` (one step's rows
       of this process, preprocessed in one TF call), read by
@@ -48,6 +51,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from absl import flags
 import grain
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 # Above this many positions a MapDataset range is "infinite" (grain's own
@@ -57,6 +61,9 @@ _INFINITE = sys.maxsize
 DEFAULT_NUM_THREADS = 4
 DEFAULT_PREFETCH_BATCHES = 4
 DEFAULT_NUM_WORKERS = 0
+# Rows of a batch that TF preprocesses concurrently (map_rows); the read
+# threads (config.input.num_threads) add parallelism on top.
+ROW_PARALLELISM = 16
 
 
 # Traced batch functions by key (loader.traced).
@@ -77,8 +84,33 @@ def traced(key: Any, build: Callable[[], Any]) -> Any:
     if key not in _TRACED:
       if len(_TRACED) >= _MAX_TRACED:
         _TRACED.pop(next(iter(_TRACED)))
-      _TRACED[key] = build()
+      fn = build()
+      # Trace it here, once: the read threads' first calls would otherwise all
+      # trace it at the same time (each the full cost; TF warns of retracing).
+      if getattr(fn, 'input_signature', None) is not None:
+        fn.get_concrete_function()
+      _TRACED[key] = fn
     return _TRACED[key]
+
+
+def map_rows(fn: Callable[..., Any], *columns: tf.Tensor) -> Any:
+  """fn(*row) for each row of `columns` (tensors [b, ...]), stacked [b, ...].
+
+  For use inside a batch's tf.function. The map is a tf.data map (rows in
+  parallel, order kept) batched and read as a single element, rather than a
+  tf.map_fn: grappler leaves tf.data functions as traced, as the pre-grain
+  tf.data pipelines ran them, while in a tf.function body its constant
+  folding rewrites the x / 255 of input_pipeline.normalize as x * (1 / 255),
+  a 1-ulp change of a third of the pixels. So a row is bit for bit what the
+  old pipelines gave for its (record, global index); the two are equally
+  fast (experiments/bench_input.py). `fn` must not branch in Python on
+  tensors (tf.cond / tf.where only): it is not converted by autograph.
+  """
+  ds = tf.data.Dataset.from_tensor_slices(columns)
+  ds = ds.map(tf.autograph.experimental.do_not_convert(fn),
+              num_parallel_calls=ROW_PARALLELISM, deterministic=True)
+  size = tf.shape(columns[0], out_type=tf.int64)[0]
+  return ds.batch(size).get_single_element()
 
 
 class ArrayRecordRequiredError(FileNotFoundError):

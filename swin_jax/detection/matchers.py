@@ -55,10 +55,28 @@ half-precision costs are promoted to at least float32). The result is optimal up
 to float rounding: ties closer than about ``K * eps * max|C|`` may be broken
 either way (``eps`` of the dtype), so with float32 and entries of 1e6 the total
 cost matches the float64 optimum to about 1e-7 relative to ``K * max|C|``.
-Finite costs only: ``+inf`` (forbidden pairs) and ``nan`` are not supported
-(use a large finite cost, e.g. 1e6 times the typical cost, for forbidden pairs);
-with non-finite entries the loop still terminates (an iteration cap) but the
-result is unspecified.
+
+Non-finite costs (a diverged prediction gives a NaN row; ``+inf`` marks a
+forbidden pair). Every matcher here returns a valid assignment for any input:
+distinct prediction indices in ``[0, N)`` and distinct target indices in
+``[0, M)`` (before, NaN gave ``-1`` or repeated indices, which a gather wraps
+silently to the last query). Each batch element's costs are first sanitised:
+with ``lo`` / ``hi`` the smallest / largest finite cost of the element (of its
+real targets when padded; 0 if there is none) and
+``P = (2K + 1) * max(hi - lo, |lo|, |hi|)`` (1 instead of 0), ``nan`` and
+``+inf`` become ``hi + P`` and ``-inf`` becomes ``lo - P``; ``hungarian`` and
+``scipy`` return an optimal assignment of that sanitised matrix (``greedy`` its
+greedy one). Any two assignments' finite parts differ by at most
+``K * (hi - lo) < P``, so the optimum first minimises
+``#(nan or +inf pairs) - #(-inf pairs)``, then the cost with those entries
+counted as ``hi`` / ``lo``. In particular, without ``-inf`` entries: whenever an
+assignment avoids every ``nan`` / ``+inf`` entry the result avoids them too and
+is the finite optimum (scipy's rule for ``+inf``: forbidden if avoidable), so a
+NaN query is left unmatched when there are spare queries. With non-finite
+entries the rounding bound above uses ``max|C|`` of the sanitised matrix.
+Should the search ever stop at its iteration cap (it cannot with finite costs),
+the rows left over get the unused columns in order: still an assignment, no
+longer optimal.
 """
 import jax
 import jax.numpy as jnp
@@ -77,6 +95,75 @@ def _float_cost(cost):
   return cost.astype(jnp.promote_types(cost.dtype, jnp.float32))
 
 
+def _sanitize(cost, real=None):
+  """Non-finite costs -> finite ones, per batch element (module docstring).
+
+  Args:
+    cost: [B, n, m] float costs.
+    real: optional bool, broadcastable to ``cost``: the entries that count
+      (padding excluded) for the finite range ``lo`` .. ``hi``.
+
+  Returns:
+    [B, n, m] finite costs (identical where ``cost`` is finite).
+  """
+  k = min(cost.shape[1:])
+  big = jnp.finfo(cost.dtype).max
+  finite = jnp.isfinite(cost)
+  ok = finite if real is None else finite & real
+  axes = (1, 2)
+  lo = jnp.min(jnp.where(ok, cost, big), axis=axes, keepdims=True)
+  hi = jnp.max(jnp.where(ok, cost, -big), axis=axes, keepdims=True)
+  any_ok = jnp.any(ok, axis=axes, keepdims=True)
+  lo = jnp.where(any_ok, lo, 0)
+  hi = jnp.where(any_ok, hi, 0)
+  # The gap must exceed K * (hi - lo) (the most two assignments' finite parts
+  # can differ) by more than the rounding of hi + gap: a scale of at least
+  # |hi| keeps it clear of the ulp of hi (an offset like 1e10 + small ints).
+  scale = jnp.maximum(hi - lo, jnp.maximum(jnp.abs(lo), jnp.abs(hi)))
+  scale = jnp.where(scale > 0, scale, 1)
+  gap = (2 * k + 1) * scale
+  # Clipped so that costs near the float maximum still give finite entries.
+  pos = jnp.minimum(hi + gap, big)
+  neg = jnp.maximum(lo - gap, -big)
+  return jnp.where(finite, cost, jnp.where(cost < 0, neg, pos))  # nan < 0: False
+
+
+def _complete(col4row, m):
+  """Makes col4row [B, n] (n <= m) an assignment: distinct columns in [0, m).
+
+  The identity on a valid assignment (every exact search ends in one). Only if
+  the search stopped at its cap: each column keeps its first row, and the other
+  rows (unmatched, out of range or repeated) get the unused columns in order.
+  """
+  n = col4row.shape[1]
+  rows = jnp.arange(n, dtype=jnp.int32)
+
+  def one(c):
+    inside = (c >= 0) & (c < m)
+    slot = jnp.where(inside, c, m)  # m: a bin for the rows without a column
+    first = jnp.full(m + 1, n, jnp.int32).at[slot].min(rows)
+    keep = inside & (first[slot] == rows)
+    used = jnp.zeros(m + 1, bool).at[jnp.where(keep, c, m)].set(True)[:m]
+    unused = jnp.nonzero(~used, size=n, fill_value=0)[0].astype(jnp.int32)
+    rank = jnp.cumsum(~keep) - 1  # rank among the rows that lost their column
+    return jnp.where(keep, c, unused[jnp.clip(rank, 0, n - 1)])
+
+  return jax.vmap(one)(col4row)
+
+
+def _max_iters(n, m):
+  """Search steps after which ``_lsa_rows`` stops (a guard, not a budget).
+
+  Adding row r takes at most r + 1 Dijkstra steps (each visits a new column,
+  and after the r matched ones the next is free) and r + 1 flip steps, the
+  last Dijkstra step and the first flip sharing one step: 2r + 1, n^2 in all
+  (c[i, j] = i * j takes exactly that; tests/test_matchers.py). The cap is at
+  least twice that, so only a broken search (non-finite costs, which
+  sanitising removes) reaches it.
+  """
+  return n * (m + n) + n + 1
+
+
 _UNROLL = 2  # search steps per while-loop iteration (fewer loop overheads)
 
 
@@ -84,7 +171,7 @@ def _lsa_rows(cost, col_pad=None, unroll=_UNROLL):
   """Exact assignment of every row of a batch of cost matrices with n <= m.
 
   Args:
-    cost: [B, n, m] float costs, n <= m, finite.
+    cost: [B, n, m] float costs, n <= m, finite (``_sanitize``).
     col_pad: optional [B, m] bool, True for padding columns. Padding columns
       are used only once every real column is taken (a padding column never
       takes a row while a real column is free), and the rows matched to real
@@ -93,6 +180,8 @@ def _lsa_rows(cost, col_pad=None, unroll=_UNROLL):
 
   Returns:
     col4row: [B, n] int32, the column of each row (all distinct per element).
+    iters: [B] int32, search steps each element took (the loop stops at
+      ``_max_iters(n, m)``); for tests of the headroom under the cap.
   """
   n, m = cost.shape[1:]
   dtype = cost.dtype
@@ -116,15 +205,14 @@ def _lsa_rows(cost, col_pad=None, unroll=_UNROLL):
     pad_base = jnp.zeros(cost.shape[:1], dtype)
     n_real = jnp.zeros(cost.shape[:1], jnp.int32)
 
-  # Every Dijkstra step visits a new column and every flip step moves one edge,
-  # so an exact run takes < n * (m + n) iterations; the cap only guards nan/inf.
-  max_iters = n * (m + n) + n + 1
+  max_iters = _max_iters(n, m)
 
   def body(cost, col_pad, pad_base, s):
     """One search step + one path-flip step for one element; cost [n, m]."""
     (v, row4col, col4row, d, path, sc, cur, i, jprev, minval, aug, aug_j, it,
      allow_pad, pad_cost, real_free) = s
-    dijkstra = ~aug & (cur < n) & (it < max_iters)  # finished: a no-op
+    active = cur < n  # finished: a no-op (its step count stays as it was)
+    dijkstra = ~aug & active & (it < max_iters)
 
     # ---- one Dijkstra step: scan row i (reached through column jprev).
     row = cost[i]  # [m]
@@ -186,7 +274,7 @@ def _lsa_rows(cost, col_pad=None, unroll=_UNROLL):
       pad_cost = jnp.where(switch & (u > -inf), u, pad_cost)
       allow_pad = allow_pad | switch
     return (v, row4col, col4row, d, path, sc, cur, i, jprev, minval, aug,
-            aug_j, it + 1, allow_pad, pad_cost, real_free)
+            aug_j, it + active.astype(jnp.int32), allow_pad, pad_cost, real_free)
 
   def init(n_real):
     i32 = lambda x: jnp.asarray(x, jnp.int32)
@@ -222,7 +310,7 @@ def _lsa_rows(cost, col_pad=None, unroll=_UNROLL):
   # The loop runs on the batched state (the body is vmapped, not the loop):
   # finished elements are no-ops without per-iteration selects of the state.
   out = jax.lax.while_loop(cond, loop_body, jax.vmap(init)(n_real))
-  return out[2]
+  return _complete(out[2], m), out[12]
 
 
 def _empty(cost):
@@ -231,38 +319,67 @@ def _empty(cost):
   return z, z
 
 
+def _hungarian(cost):
+  """``hungarian_matcher`` plus the search steps [B] (0 for empty costs)."""
+  cost = _float_cost(cost)
+  b, n, m = cost.shape
+  if n == 0 or m == 0:
+    return _empty(cost) + (jnp.zeros(b, jnp.int32),)
+  cost = _sanitize(cost)
+  k = min(n, m)
+  ar = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
+  if n >= m:
+    pred_idx, iters = _lsa_rows(jnp.swapaxes(cost, 1, 2))
+    return pred_idx, ar, iters
+  tgt_idx, iters = _lsa_rows(cost)
+  return ar, tgt_idx, iters
+
+
 def hungarian_matcher(cost):
   """Exact minimum-cost bipartite matching, batched, pure JAX.
 
   Args:
-    cost: [B, N, M] costs (finite; see the module docstring for numerics).
+    cost: [B, N, M] costs; nan / inf entries are sanitised (module docstring).
 
   Returns:
     (pred_idx, tgt_idx): int32 [B, min(N, M)] of an optimal assignment per
     batch element. N >= M: tgt_idx[b] = arange(M) (sorted by target);
     N < M: pred_idx[b] = arange(N) (sorted by prediction).
   """
+  return _hungarian(cost)[:2]
+
+
+def _hungarian_padded(cost, tgt_valid):
+  """``hungarian_matcher_padded`` plus the search steps [B] (0 for empty)."""
   cost = _float_cost(cost)
+  tgt_valid = jnp.asarray(tgt_valid, bool)
   b, n, m = cost.shape
   if n == 0 or m == 0:
-    return _empty(cost)
+    p, t = _empty(cost)
+    return p, t, jnp.zeros((b, 0), bool), jnp.zeros(b, jnp.int32)
   k = min(n, m)
   ar = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
   if n >= m:
-    pred_idx = _lsa_rows(jnp.swapaxes(cost, 1, 2))
-    return pred_idx, ar
-  tgt_idx = _lsa_rows(cost)
-  return ar, tgt_idx
+    # Targets are the rows. A padding row of constant cost changes no real
+    # row's optimum: every target is matched, and all completions of the real
+    # rows cost the same.
+    real = tgt_valid[:, :, None]
+    rows = jnp.where(real, jnp.swapaxes(cost, 1, 2), 0)
+    pred_idx, iters = _lsa_rows(_sanitize(rows, real))
+    return pred_idx, ar, tgt_valid, iters
+  tgt_idx, iters = _lsa_rows(_sanitize(cost, tgt_valid[:, None, :]), ~tgt_valid)
+  return ar, tgt_idx, jnp.take_along_axis(tgt_valid, tgt_idx, axis=1), iters
 
 
 def hungarian_matcher_padded(cost, tgt_valid):
   """Exact matching with targets padded to a fixed maximum.
 
   The real targets (``tgt_valid``) get an optimal assignment among themselves
-  (the optimum of the sub-matrix of real targets), and a padding target never
-  takes a prediction while a real target is unmatched. Padding targets are
-  then paired with leftover predictions so the pairs still use each prediction
-  and target at most once; ``pair_valid`` marks the pairs with a real target.
+  (the optimum of the sub-matrix of real targets, sanitised as the module
+  docstring says), and a padding target never takes a prediction while a real
+  target is unmatched. Padding targets are then paired with leftover
+  predictions so the pairs still use each prediction and target at most once;
+  ``pair_valid`` marks the pairs with a real target.
 
   Args:
     cost: [B, N, M_max] costs; entries of padding targets are ignored.
@@ -272,23 +389,7 @@ def hungarian_matcher_padded(cost, tgt_valid):
     (pred_idx, tgt_idx, pair_valid): [B, K] int32, int32, bool with
     K = min(N, M_max), in the order of ``hungarian_matcher``.
   """
-  cost = _float_cost(cost)
-  tgt_valid = jnp.asarray(tgt_valid, bool)
-  b, n, m = cost.shape
-  if n == 0 or m == 0:
-    p, t = _empty(cost)
-    return p, t, jnp.zeros((b, 0), bool)
-  k = min(n, m)
-  ar = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))
-  if n >= m:
-    # Targets are the rows. A padding row of constant cost changes no real
-    # row's optimum: every target is matched, and all completions of the real
-    # rows cost the same.
-    rows = jnp.where(tgt_valid[:, :, None], jnp.swapaxes(cost, 1, 2), 0)
-    pred_idx = _lsa_rows(rows)
-    return pred_idx, ar, tgt_valid
-  tgt_idx = _lsa_rows(cost, ~tgt_valid)
-  return ar, tgt_idx, jnp.take_along_axis(tgt_valid, tgt_idx, axis=1)
+  return _hungarian_padded(cost, tgt_valid)[:3]
 
 
 def greedy_matcher(cost):
@@ -305,6 +406,7 @@ def greedy_matcher(cost):
   b, n, m = cost.shape
   if n == 0 or m == 0:
     return _empty(cost)
+  cost = _sanitize(cost)  # finite: the inf that marks a taken row is then unique
   transpose = n >= m
   c = jnp.swapaxes(cost, 1, 2) if transpose else cost  # [B, k, l], k <= l
   k, l = c.shape[1:]
@@ -375,7 +477,8 @@ def scipy_matcher(cost):
   if n == 0 or m == 0:
     return _empty(cost)
   shape = jax.ShapeDtypeStruct((b, min(n, m)), jnp.int32)
-  return jax.pure_callback(_scipy_host, (shape, shape), cost,
+  # Sanitised as the other matchers (scipy refuses nan and infeasible inf).
+  return jax.pure_callback(_scipy_host, (shape, shape), _sanitize(cost),
                            vmap_method='broadcast_all')
 
 

@@ -28,7 +28,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
 
+from swin_jax.data import loader
 from swin_jax.data.coco_ids import COCO_CATEGORIES, COCO91_IDS, check_label_map
 from swin_jax.detection.boxes import box_cxcywh_to_xyxy
 
@@ -266,7 +269,6 @@ def _image_hw(image) -> tuple:
   """(height, width) of encoded image bytes (header only) or of a decoded [H, W, C] array."""
   if isinstance(image, np.ndarray) and image.dtype != object:
     return int(image.shape[0]), int(image.shape[1])
-  from PIL import Image
   data = image.item() if isinstance(image, np.ndarray) else image
   # Image.open parses the header only (pixels are decoded lazily, never here), so the
   # 5k COCO val images cost a file read each, not a JPEG decode.
@@ -296,12 +298,10 @@ def groundtruth_from_tfds(builder_or_dataset, split: Optional[str] = None,
     needs them to ignore detections on crowds. Annotation ids are the records' own
     when all present, >= 1 and unique, else 1..N in record order.
   """
-  import tensorflow_datasets as tfds
   check_label_map(label_map)
   if hasattr(builder_or_dataset, 'as_data_source'):
     if split is None:
       raise ValueError('groundtruth_from_tfds: pass split= with a tfds builder.')
-    from swin_jax.data import loader  # pylint: disable=g-import-not-at-top
     builder = builder_or_dataset
     source = loader.open_source(builder, split)  # ArrayRecord, images left encoded
     examples = (source[i] for i in range(len(source)))

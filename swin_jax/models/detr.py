@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swin_jax.models import layers
-from swin_jax.models.registry import register_model
+from swin_jax.models.registry import create_model, register_model
 from swin_jax.models.resnet import RESNET_DEPTHS, ResNetBody
 
 Dtype = Any
@@ -320,7 +320,6 @@ class Backbone(nn.Module):
                         self.dtype, self.backbone_width, self.backbone_norm, name='body')(x)
     # Any registered model whose apply(..., mask=, return_features=True) returns a list of
     # NHWC maps (Swin): DETR takes the last one; input_proj adapts to its channels.
-    from swin_jax.models.registry import create_model  # pylint: disable=g-import-not-at-top
     kwargs = dict(num_classes=0, **(self.backbone_kwargs or {}))
     body = create_model(self.backbone, **kwargs).clone(parent=self, name='body')
     return body(x, train=train, mask=mask, return_features=True)[-1]

@@ -190,6 +190,25 @@ _VIT_ARCHS = {
     'vit_base_patch32_224': dict(patch_size=32, embed_dim=768, depth=12, num_heads=12),
     'vit_large_patch16_224': dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
     'vit_huge_patch14_224': dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+    # The 384 fine-tunes: the same networks at img_size 384 (timm takes it from the
+    # pretrained_cfg's input_size); only pos_embed grows, to 1 + 24 * 24 (patch 32: 12 * 12).
+    'vit_small_patch16_384': dict(img_size=384, patch_size=16, embed_dim=384, depth=12,
+                                  num_heads=6),
+    'vit_base_patch16_384': dict(img_size=384, patch_size=16, embed_dim=768, depth=12,
+                                 num_heads=12),
+    'vit_base_patch32_384': dict(img_size=384, patch_size=32, embed_dim=768, depth=12,
+                                 num_heads=12),
+    'vit_large_patch16_384': dict(img_size=384, patch_size=16, embed_dim=1024, depth=24,
+                                  num_heads=16),
+    # DeiT without distillation (timm/models/deit.py): a plain timm VisionTransformer, so
+    # the same network as the vit_* of that size; the names differ so that a timm DeiT
+    # checkpoint loads under its own name. (The distilled deit_*_distilled_* add a second
+    # token and head: not registered.)
+    'deit_tiny_patch16_224': dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    'deit_small_patch16_224': dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    'deit_base_patch16_224': dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    'deit_base_patch16_384': dict(img_size=384, patch_size=16, embed_dim=768, depth=12,
+                                  num_heads=12),
 }
 
 for _name, _arch in _VIT_ARCHS.items():

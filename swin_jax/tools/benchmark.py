@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from swin_jax import cli
 from swin_jax.models import create_model
 from swin_jax.tools import count
 
@@ -207,6 +208,7 @@ def format_report(r: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.quiet_startup()
   parser = argparse.ArgumentParser(
       prog='python -m swin_jax.tools.benchmark',
       description='Compile time, train/inference images/s and peak memory of a model.')

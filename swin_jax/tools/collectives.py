@@ -21,6 +21,8 @@ import sys
 import tempfile
 from typing import Dict, Iterable, Set
 
+from swin_jax import cli
+
 COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'collective-permute',
                'all-to-all')
 # An instruction line: "%name = <shape> <opcode>(operands), attributes" (ROOT optional);
@@ -110,6 +112,7 @@ def train_step_hlo(config, workdir: str) -> str:
 
 
 def main(argv=None):
+  cli.quiet_startup()
   argv = list(sys.argv if argv is None else argv)
   devices = next((a.split('=', 1)[1] for a in argv if a.startswith('--devices=')), None)
   argv = [a for a in argv if not a.startswith('--devices=')]

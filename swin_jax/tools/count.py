@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from swin_jax import cli
 from swin_jax.models import create_model
 
 
@@ -249,6 +250,7 @@ def parse_img_size(values: Optional[Sequence[int]], parser: argparse.ArgumentPar
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.quiet_startup()
   parser = argparse.ArgumentParser(
       prog='python -m swin_jax.tools.count',
       description='Parameters and FLOPs (multiply-adds, as the Swin/ViT papers) of a model.')

@@ -28,6 +28,8 @@ import threading
 import time
 from typing import List, Optional, Sequence
 
+from swin_jax import cli
+
 
 def free_port() -> int:
   """A TCP port free on 127.0.0.1 right now (bound to 0, read back, released)."""
@@ -153,6 +155,7 @@ def exit_code(codes: Sequence[int]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.quiet_startup()
   argv = list(sys.argv[1:] if argv is None else argv)
   rest: List[str] = []
   if '--' in argv:

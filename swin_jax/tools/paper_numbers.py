@@ -39,10 +39,11 @@ SOURCES: Dict[str, str] = {
     'timm results': 'huggingface/pytorch-image-models results/results-imagenet.csv (timm\'s '
                     'own evaluation: top1, param_count), row <name>.augreg_in21k_ft_in1k '
                     '(AugReg, Steiner et al., TMLR 2022: ImageNet-21k pre-trained, '
-                    'fine-tuned on ImageNet-1k at 224).',
+                    'fine-tuned on ImageNet-1k at the size in <name>, 224 or 384).',
     'timm bench': 'huggingface/pytorch-image-models results/'
                   'benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv (infer_gmacs, fvcore '
-                  'MACs of timm\'s model at 224; no paper gives these FLOPs).',
+                  'MACs of timm\'s model at its infer_img_size, 224 or 384; no paper gives '
+                  'these FLOPs).',
     'torchvision': 'torchvision.models docs, ResNet50_Weights.IMAGENET1K_V1 / '
                    'ResNet101_Weights.IMAGENET1K_V1 (acc@1, GFLOPS, num_params).',
     'DETR T1': 'Carion et al., "End-to-End Object Detection with Transformers", ECCV 2020, '
@@ -105,10 +106,13 @@ def _shunted(model, label, params, gflops, top1, config):
                        'file names: save them as <model>.pth')
 
 
-def _deit(model, label, params, gflops, top1, config, ckpt):
-  return PaperRow(model, label, (224, 224), 'top-1', Ref(params, 'DeiT README'),
+def _deit(model, label, params, gflops, top1, config, ckpt, size=224):
+  # configs/vit/deit_i1k.py builds the vit_* name of the same network; a deit_* row is
+  # evaluated under its own name.
+  flags = () if model.startswith('vit_') else (f'--config.model.name={model}',)
+  return PaperRow(model, label, (size, size), 'top-1', Ref(params, 'DeiT README'),
                   Ref(gflops, 'timm bench'), Ref(top1, 'DeiT README'),
-                  f'configs/vit/deit_i1k.py:{config}', checkpoint=ckpt)
+                  f'configs/vit/deit_i1k.py:{config}', eval_flags=flags, checkpoint=ckpt)
 
 
 # AugReg checkpoints use mean = std = 0.5 (timm's pretrained_cfg for these tags); the DeiT
@@ -116,14 +120,16 @@ def _deit(model, label, params, gflops, top1, config, ckpt):
 _AUGREG_FLAGS = ('--config.input.mean=(0.5, 0.5, 0.5)', '--config.input.std=(0.5, 0.5, 0.5)')
 
 
-def _augreg(model, label, params, gflops, top1, ckpt):
-  return PaperRow(model, label, (224, 224), 'top-1', Ref(params, 'timm results'),
-                  Ref(gflops, 'timm bench'), Ref(top1, 'timm results'),
-                  'configs/vit/deit_i1k.py:B/16',
+def _augreg(model, label, params, gflops, top1, ckpt, size=224):
+  # The 384 rows take the image size from the DeiT 384 fine-tune variant.
+  config = 'configs/vit/deit_i1k.py:' + ('B/16' if size == 224 else 'B/16-384-ft')
+  crop = '0.9' if size == 224 else '1.0'  # timm's pretrained_cfg crop_pct for these tags
+  return PaperRow(model, label, (size, size), 'top-1', Ref(params, 'timm results'),
+                  Ref(gflops, 'timm bench'), Ref(top1, 'timm results'), config,
                   eval_flags=(f'--config.model.name={model}',) + _AUGREG_FLAGS,
                   checkpoint=ckpt,
-                  note='timm evaluates with crop 0.9 bicubic; the pipeline here crops 0.875 '
-                       'bilinear')
+                  note=f'timm evaluates with crop {crop} bicubic; the pipeline here crops '
+                       f'0.875 bilinear')
 
 
 def _detr(model, label, params, gflops, ap, config, ckpt):
@@ -158,6 +164,28 @@ PAPER_ROWS: Tuple[PaperRow, ...] = (
              Ref('632', 'ViT T1'), Ref('167.4', 'timm bench'), None, None,
              note='no ImageNet-1k classifier at 224 was released (ViT-H/14 weights: '
                   'ImageNet-21k / JFT, or fine-tuned at 518)'),
+    # The 384 fine-tunes of AugReg (timm's default weights for these names).
+    _augreg('vit_small_patch16_384', 'ViT-S/16 AugReg 384 (IN-21k)', '22.20', '15.52',
+            '83.814', 'S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--'
+            'imagenet2012-steps_20k-lr_0.03-res_384.npz', size=384),
+    _augreg('vit_base_patch16_384', 'ViT-B/16 AugReg 384 (IN-21k)', '86.86', '55.54',
+            '86.010', 'B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--'
+            'imagenet2012-steps_20k-lr_0.01-res_384.npz', size=384),
+    _augreg('vit_base_patch32_384', 'ViT-B/32 AugReg 384 (IN-21k)', '88.30', '13.06',
+            '83.358', 'B_32-i21k-300ep-lr_0.001-aug_light1-wd_0.1-do_0.0-sd_0.0--'
+            'imagenet2012-steps_20k-lr_0.03-res_384.npz', size=384),
+    _augreg('vit_large_patch16_384', 'ViT-L/16 AugReg 384 (IN-21k)', '304.72', '191.21',
+            '87.096', 'L_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.1-sd_0.1--'
+            'imagenet2012-steps_20k-lr_0.01-res_384.npz', size=384),
+    # timm's deit_* names: the same DeiT rows as above, under the names timm loads them by.
+    _deit('deit_tiny_patch16_224', 'DeiT-Ti', '5', '1.26', '72.2', 'Ti/16',
+          'deit_tiny_patch16_224-a1311bcf.pth'),
+    _deit('deit_small_patch16_224', 'DeiT-S', '22', '4.61', '79.9', 'S/16',
+          'deit_small_patch16_224-cd65a155.pth'),
+    _deit('deit_base_patch16_224', 'DeiT-B', '86', '17.58', '81.8', 'B/16',
+          'deit_base_patch16_224-b5f2ef4d.pth'),
+    _deit('deit_base_patch16_384', 'DeiT-B 384', '87', '55.54', '82.9', 'B/16-384-ft',
+          'deit_base_patch16_384-8de9b5d1.pth', size=384),
     # Swin: one row per line of Table 1 (= one variant of configs/swin/swin_i1k.py).
     _swin('swin_tiny_patch4_window7_224', 'Swin-T', 224, '28', '4.5', '81.3', 'T',
           'swin_tiny_patch4_window7_224.pth'),

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 
+from swin_jax import cli
 from swin_jax.models import create_model, list_models, model_family
 from swin_jax.tools import count
 from swin_jax.tools import paper_numbers
@@ -399,6 +400,7 @@ def write_outputs(rows: Sequence[TableRow], out_dir: str) -> Tuple[str, str]:
 # ------------------------------------------------------------------------------ CLI
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.quiet_startup()
   parser = argparse.ArgumentParser(
       prog='python -m swin_jax.tools.tables',
       description='Parameters, FLOPs and top-1 / AP of every registered model beside the '

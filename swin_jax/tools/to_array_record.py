@@ -47,6 +47,8 @@ from tensorflow_datasets.core import dataset_info as dataset_info_lib
 from tensorflow_datasets.core import file_adapters
 from tensorflow_datasets.core.utils import py_utils
 
+from swin_jax import cli
+
 ARRAY_RECORD = file_adapters.FileFormat.ARRAY_RECORD
 DEFAULT_NUM_THREADS = 8
 # Records read from the TFRecord file per tf.data step (fewer Python steps).
@@ -325,6 +327,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  cli.quiet_startup()
   parser = argparse.ArgumentParser(
       prog='python -m swin_jax.tools.to_array_record',
       description='Add ArrayRecord files (random access, for the grain input '

@@ -31,8 +31,12 @@ from typing import IO, Any, Iterator, List, Optional, Tuple
 
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from swin_jax.models import detr
+from swin_jax.models.registry import model_family
 
 
 log = logging.getLogger('swin_jax')
@@ -238,7 +242,6 @@ class Checkpointer:
                   'deleted); resuming from step %d.', step, self.directory, reason, dst, good)
     if set_aside:
       if jax.process_count() > 1:
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         multihost_utils.sync_global_devices('swin_jax: damaged checkpoints set aside')
       self.manager.reload()  # Orbax caches the step list
 
@@ -389,8 +392,8 @@ def _quiet_failed_reads() -> None:
   sys.unraisablehook = hook
 
 
-def load_params_for_init(path: str, model_name: str, params_like,
-                         model_overrides: Optional[dict] = None, model=None) -> Any:
+def load_variables_for_init(path: str, model_name: str, variables_like: dict,
+                            model_overrides: Optional[dict] = None, model=None):
   """Weights only, for fine-tuning (``config.init_from``): no step, no optimizer state.
 
   ``path`` is a workdir or its ``checkpoints`` dir (latest step), a step directory, or a
@@ -398,18 +401,10 @@ def load_params_for_init(path: str, model_name: str, params_like,
   Leaves whose shape differs from the model's are adapted where the family knows how
   (``swin_jax.convert.adapt_param``: a ViT pos_embed is resampled to the new grid); others
   (e.g. a head with another number of classes) keep the model's fresh initialisation and
-  are returned by name in ``skipped``. Returns (params, skipped).
-  """
-  variables, skipped = load_variables_for_init(path, model_name, {'params': params_like},
-                                               model_overrides, model)
-  return variables['params'], skipped
-
-
-def load_variables_for_init(path: str, model_name: str, variables_like: dict,
-                            model_overrides: Optional[dict] = None, model=None):
-  """``load_params_for_init`` for every collection of ``variables_like`` the source has:
-  'params' and e.g. BatchNorm 'batch_stats' (Shunted) or DETR's 'frozen' statistics, which
-  an official checkpoint carries and a model without them would evaluate wrongly.
+  are returned by name in ``skipped``. Every collection of ``variables_like`` the source
+  has is loaded: 'params' and e.g. BatchNorm 'batch_stats' (Shunted) or DETR's 'frozen'
+  statistics, which an official checkpoint carries and a model without them would
+  evaluate wrongly.
 
   Returns (variables, skipped): the collections of ``variables_like``, each merged with the
   source's where paths and shapes match; skipped lists the 'params' leaves kept fresh.
@@ -437,9 +432,7 @@ def load_variables_for_init(path: str, model_name: str, variables_like: dict,
   else:
     loaded = _restore_orbax_variables(path)
     if 'backbone_0' not in loaded['params']:
-      from swin_jax.models.registry import model_family  # pylint: disable=g-import-not-at-top
       if model_family(model_name) == 'detr':  # a classification workdir -> the backbone
-        from swin_jax.models import detr  # pylint: disable=g-import-not-at-top
         loaded = detr.backbone_variables_from_classifier(loaded)
   adapt = None
   if model is not None:

@@ -6,7 +6,6 @@ pure function of (seed, step) and the step rng is fold_in(seed, step)).
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -19,13 +18,13 @@ from typing import Any, Dict, Optional, Sequence
 
 import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from swin_jax.data import input_pipeline
-from swin_jax.models import create_model
-from swin_jax.models.registry import model_family
+from swin_jax.models.build import model_from_config, model_overrides, trainable_from_config
 from swin_jax.train import checkpointing, optimizers, sharding as shd, steps as steps_lib
 from swin_jax.train import throughput, validate, workdir as workdir_lib
 from swin_jax.train.metric_writer import MetricWriter  # loop.MetricWriter, as before
@@ -33,12 +32,14 @@ from swin_jax.train.tasks import task_from_config
 
 log = logging.getLogger('swin_jax')
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 def summarize_paths(paths: Sequence[str], depth: int = 1) -> str:
-  """"['transformer']['encoder']['layers_0']['norm1']['bias']", ... -> "transformer (96
-  arrays), class_embed (2 arrays)": the modules named by the first ``depth`` keys, in order."""
+  """The modules named by the first ``depth`` keys of each path, in order, with counts.
+
+  E.g. paths ``['transformer']['encoder']['layers_0']['norm1']['bias']``, ... ->
+  ``transformer (96 arrays), class_embed (2 arrays)``.
+  """
   counts: Dict[str, int] = {}
   for path in paths:
     keys = re.findall(r"\['([^']*)'\]|\[(\d+)\]", path)
@@ -49,32 +50,6 @@ def summarize_paths(paths: Sequence[str], depth: int = 1) -> str:
 
 class NonFiniteLossError(FloatingPointError):
   pass
-
-
-def model_overrides(config):
-  """Every field of config.model but `name` (and the compute dtype), for create_model."""
-  return {k: v for k, v in config.model.to_dict().items()
-          if k not in ('name', 'dtype') and v is not None}
-
-
-def model_from_config(config):
-  """create_model(config.model.name, **every other field of config.model)."""
-  overrides = model_overrides(config)
-  dtype = config.model.get('dtype') or 'float32'
-  if dtype not in _DTYPES:
-    raise ValueError(f'config.model.dtype={dtype!r}: use one of {list(_DTYPES)}')
-  overrides['dtype'] = _DTYPES[dtype]
-  return create_model(config.model.name, **overrides)
-
-
-def trainable_from_config(config):
-  """params -> bool pytree of the leaves the model trains, or None (all of them)."""
-  if model_family(config.model.name) == 'detr':
-    from swin_jax.models import detr  # pylint: disable=g-import-not-at-top
-    return functools.partial(detr.trainable_mask,
-                             train_backbone=config.model.get('train_backbone', True),
-                             freeze_stem=config.model.get('freeze_stem', True))
-  return None
 
 
 def save_config(config, workdir: str):
@@ -118,7 +93,6 @@ def _should_stop(step: int, preempt: _Preemption) -> bool:
   (jax.distributed's coordination service spreads the notice and picks the first step all
   hosts can reach), so no host waits in a save the others never start."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     try:
       return bool(multihost_utils.reached_preemption_sync_point(step))
     except RuntimeError:  # preemption service unavailable: rely on periodic checkpoints
@@ -342,15 +316,8 @@ class Trainer:
       eval_metrics = self.evaluate(state)
       eval_metrics['train_time_s'] = train_time
       writer.write(self.total_steps, 'eval', eval_metrics)
-      num_pictures = config.get('num_prediction_images', 0)
-      if num_pictures and self.is_main and self.task.name == 'detection':
-        from swin_jax import predict  # pylint: disable=g-import-not-at-top
-        params = state.ema_params if state.ema_params is not None else state.params
-        paths = predict.draw_split_examples(
-            config, jax.device_get({'params': params, **state.model_state}),
-            os.path.join(self.workdir, 'predictions'), num_pictures)
-        log.info('Drew predictions on %d eval images into %s', len(paths),
-                 os.path.dirname(paths[0]) if paths else '-')
+      if self.is_main:
+        self.task.end_of_run(config, state, self.workdir)
       if self.is_main:
         print(f'step {self.total_steps}: ' + ', '.join(
             f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'

@@ -57,6 +57,9 @@ def make_train_step(model: nn.Module, task, tx: optax.GradientTransformation,
   each stays spread over all devices); their gradients are averaged before one update, which
   equals one step on the whole batch for models without batch statistics.
 
+  EMA (ema_decay = d, when state.ema_params is not None): after each update,
+  ema = d * ema + (1 - d) * params with the updated params and a constant d (no warm-up).
+
   Randomness is a pure function of the step (resume stays exact): rng = fold_in(base_rng,
   step); micro-batch i's dropout key is fold_in(rng, i) (rng itself when k = 1), and a task
   with ``train_batch(batch, rng)`` (classification: Mixup / CutMix) augments the batch with

@@ -9,15 +9,26 @@ A task has:
   loss(outputs, batch) -> (scalar loss, dict of scalar metrics)            [train step]
   eval_outputs(outputs, batch) -> pytree of arrays                          [eval step]
   evaluator(config, split) -> object with add(eval_outputs, batch) and result() -> dict
+  end_of_run(config, state, workdir)   [main process, after the final evaluation]
+    what the task writes beside its metrics (detection: prediction pictures)
 """
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from swin_jax.data import detection_pipeline, input_pipeline
+from swin_jax.data import mixup as mixup_lib
+from swin_jax.detection.criterion import SetCriterion
+from swin_jax.evaluation import coco, predictor
+
+log = logging.getLogger('swin_jax')
 
 LOGGED_DETECTION_METRICS = ('loss', 'loss_ce', 'loss_bbox', 'loss_giou', 'class_error',
                             'cardinality_error')
@@ -77,14 +88,12 @@ class ClassificationTask:
 
   # ------------------------------------------------------------------ data
   def train_iterator(self, config, start_step: int):
-    from swin_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     return input_pipeline.make_train_iterator(
         config.input, global_batch_size=config.batch_size, seed=config.seed,
         start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count())
 
   def eval_iterator(self, config, split: str):
-    from swin_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     return input_pipeline.make_eval_iterator(
         config.input, split=split,
         global_batch_size=config.get('eval_batch_size', config.batch_size),
@@ -121,7 +130,6 @@ class ClassificationTask:
                        f'b = config.batch_size / devices examples and need an even b: got '
                        f'{batch["image"].shape[0]}. Use a config.batch_size that is an even '
                        f'multiple of the device count.')
-    from swin_jax.data import mixup as mixup_lib  # pylint: disable=g-import-not-at-top
     images, targets = mixup_lib.mixup_cutmix(
         jax.random.fold_in(rng, MIX_RNG_STREAM), batch['image'], batch['label'],
         num_classes=self.num_classes, label_smoothing=self.label_smoothing, **self.mixup)
@@ -171,8 +179,6 @@ class ClassificationTask:
     return {'loss': (ce * mask).sum(), 'top1': (top1 * mask).sum(),
             'top5': (topk * mask).sum(), 'count': mask.sum()}
 
-  eval_sums = eval_outputs
-
   def summarize(self, sums):
     n = max(float(sums['count']), 1.0)
     return {'loss': float(sums['loss']) / n, 'accuracy': float(sums['top1']) / n,
@@ -180,6 +186,9 @@ class ClassificationTask:
 
   def evaluator(self, config, split: str):
     return _SumEvaluator(self.summarize)
+
+  def end_of_run(self, config, state, workdir: str) -> None:
+    del config, state, workdir  # nothing beyond the metrics
 
 
 class _SumEvaluator:
@@ -211,7 +220,6 @@ class DetectionTask:
   name = 'detection'
 
   def __init__(self, config):
-    from swin_jax.detection.criterion import SetCriterion  # pylint: disable=g-import-not-at-top
     lc = config.get('loss', {})
     get = lambda k, d: lc.get(k, d) if lc else d
     self.num_classes = int(config.model.num_classes)
@@ -225,14 +233,12 @@ class DetectionTask:
 
   # ------------------------------------------------------------------ data
   def train_iterator(self, config, start_step: int):
-    from swin_jax.data import detection_pipeline  # pylint: disable=g-import-not-at-top
     return detection_pipeline.make_detection_train_iterator(
         config.input, global_batch_size=config.batch_size, seed=config.seed,
         start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count())
 
   def eval_iterator(self, config, split: str):
-    from swin_jax.data import detection_pipeline  # pylint: disable=g-import-not-at-top
     return detection_pipeline.make_detection_eval_iterator(
         config.input, split=split,
         global_batch_size=config.get('eval_batch_size', config.batch_size),
@@ -255,16 +261,13 @@ class DetectionTask:
   def eval_outputs(self, outputs, batch):
     """DETR's PostProcess: scores, labels, boxes (x0, y0, x1, y1 in original pixels) per
     query, with the image ids and the real-example mask of the (global) batch."""
-    from swin_jax.evaluation.coco import postprocess  # pylint: disable=g-import-not-at-top
-    scores, labels, boxes = postprocess(outputs['pred_logits'], outputs['pred_boxes'],
+    scores, labels, boxes = coco.postprocess(outputs['pred_logits'], outputs['pred_boxes'],
                                         batch['orig_size'])
     return {'scores': scores, 'labels': labels, 'boxes': boxes,
             'image_id': batch['image_id'], 'mask': batch['mask']}
 
   def groundtruth(self, config, split: str):
     """COCO-format ground truth of ``split`` (cached): the annotation file or tfds."""
-    from swin_jax.evaluation import coco  # pylint: disable=g-import-not-at-top
-    from swin_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     ann = config.get('eval', {}).get('annotation_file', '') if config.get('eval') else ''
     key = ann or split
     if key not in self._groundtruth:
@@ -277,8 +280,20 @@ class DetectionTask:
     return self._groundtruth[key]
 
   def evaluator(self, config, split: str):
-    from swin_jax.evaluation.coco import CocoEvaluator  # pylint: disable=g-import-not-at-top
-    return _CocoAdapter(CocoEvaluator(self.groundtruth(config, split)))
+    return _CocoAdapter(coco.CocoEvaluator(self.groundtruth(config, split)))
+
+  def end_of_run(self, config, state, workdir: str) -> None:
+    """Draws the final model's detections on the first config.num_prediction_images
+    images of the eval split into <workdir>/predictions (EMA params when kept)."""
+    num_pictures = config.get('num_prediction_images', 0)
+    if not num_pictures:
+      return
+    params = state.ema_params if state.ema_params is not None else state.params
+    paths = predictor.draw_split_examples(
+        config, jax.device_get({'params': params, **state.model_state}),
+        os.path.join(workdir, 'predictions'), num_pictures)
+    log.info('Drew predictions on %d eval images into %s', len(paths),
+             os.path.dirname(paths[0]) if paths else '-')
 
 
 class _CocoAdapter:

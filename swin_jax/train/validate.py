@@ -22,6 +22,8 @@ from typing import Any
 
 import jax
 
+from swin_jax.data import input_pipeline
+
 _MISSING = object()
 
 
@@ -144,7 +146,6 @@ def check_eval_input(config) -> None:
   """
   if config.get('task', 'classification') != 'classification':
     return
-  from swin_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   input_pipeline.make_eval_dataset(
       config.input, split=config.input.eval_split,
       global_batch_size=config.get('eval_batch_size', config.batch_size),  # as the task's

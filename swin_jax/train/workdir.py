@@ -36,6 +36,7 @@ import uuid
 from typing import Optional
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from swin_jax.train import checkpointing
@@ -109,7 +110,6 @@ class WorkdirLock:
         unwritable = isinstance(e, OSError) and not isinstance(e, WorkdirLockedError)
         error = not_writable(self.workdir, e) if unwritable else e
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
       if not ok and error is None:
         error = WorkdirLockedError(
