@@ -31,7 +31,7 @@ def get_config():
   c.input.eval_resize = 'center_crop'  # shorter side 224 / 0.875 = 256, central crop
   # The loader (grain, swin_jax/data/loader.py): read threads per process, batches
   # buffered ahead, worker processes (README "Input": how to size them per host).
-  c.input.num_threads = 4
+  c.input.num_threads = ml_collections.FieldReference(None, field_type=int)  # None: min(4, cores)
   c.input.prefetch = 4
   c.input.num_workers = 0
   c.input.cache = False

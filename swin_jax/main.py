@@ -73,6 +73,7 @@ def parse_flags(argv):
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  # Here, not at the top: cli.quiet_startup() must run before the trainer imports TF.
   from swin_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   try:

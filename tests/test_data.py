@@ -439,6 +439,17 @@ def test_read_threads_and_workers_do_not_change_the_batches(data_dir):
       np.testing.assert_array_equal(a['image'], b['image'])
 
 
+def test_num_threads_default_is_four_or_the_cores_if_fewer(monkeypatch):
+  """config.input.num_threads=None (configs/common.py): min(4, the process's cores)."""
+  cfg = ml_collections.ConfigDict({'num_threads': ml_collections.FieldReference(
+      None, field_type=int)})
+  for cores, want in ((1, 1), (2, 2), (3, 3), (4, 4), (96, 4)):
+    monkeypatch.setattr(ip.loader.os, 'sched_getaffinity', lambda pid, n=cores: set(range(n)))
+    assert ip.loader.read_config(cfg).num_threads == want, cores
+  cfg.num_threads = 8  # an explicit value is kept
+  assert ip.loader.read_config(cfg).num_threads == 8
+
+
 @pytest.mark.parametrize('field,value', [('num_threads', 0), ('prefetch', 1.5),
                                          ('num_workers', -1), ('num_threads', True)])
 def test_read_settings_errors_name_the_field(data_dir, field, value):

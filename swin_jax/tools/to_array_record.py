@@ -212,7 +212,7 @@ def convert_shard(shard: Shard, in_format: file_adapters.FileFormat) -> None:
       try:
         local = epath.Path(staging) / shard.out_path.name
         _write_local(shard, in_format, local)
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top  # gs:// only
         tf.io.gfile.copy(os.fspath(local), os.fspath(tmp_path), overwrite=True)
       finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -35,6 +35,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from swin_jax import convert
 from swin_jax.models import detr
 from swin_jax.models.registry import model_family
 
@@ -92,7 +93,7 @@ def open_file(path, mode: str = 'r') -> IO:
   appended lines, which is why metric_writer flushes remote files on a timer."""
   if not is_remote(path):
     return open(path, mode)  # pylint: disable=unspecified-encoding
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  # remote paths only
   return tf.io.gfile.GFile(os.fspath(path), mode)
 
 
@@ -414,7 +415,6 @@ def load_variables_for_init(path: str, model_name: str, variables_like: dict,
     raise FileNotFoundError(f'config.init_from={path} does not exist: give a workdir, an '
                             f'Orbax step directory, or a .pth/.safetensors/.npz file.')
   if not as_path(path).is_dir():  # a file: the converters read a local copy of a gs:// one
-    from swin_jax import convert  # pylint: disable=g-import-not-at-top
     load = convert.load_vit_npz if path.endswith('.npz') else convert.load_torch_checkpoint
     kw = dict(model_overrides or {})
     with local_copy(path) as local:
@@ -436,7 +436,6 @@ def load_variables_for_init(path: str, model_name: str, variables_like: dict,
         loaded = detr.backbone_variables_from_classifier(loaded)
   adapt = None
   if model is not None:
-    from swin_jax import convert  # pylint: disable=g-import-not-at-top
     adapt = lambda k, v, shape: convert.adapt_param(model_name, model, k, v, shape)
   out = dict(variables_like)
   params, skipped = merge_params(variables_like['params'], loaded['params'], source=path,

@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any, Dict, Optional
 
+import tensorflow as tf
+
 from swin_jax.train import checkpointing
 
 log = logging.getLogger('swin_jax')
@@ -84,7 +86,6 @@ class _EventFile:
   run logged after the checkpoint this run resumes from), as it does after a restart."""
 
   def __init__(self, logdir: str, first_step: Optional[int] = None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self._tf = tf
     name = (f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}.'
             f'{next(_FILE_IDS)}')

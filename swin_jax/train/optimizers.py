@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from swin_jax.models import create_model, model_family
+
 # Parameter names that never get weight decay (timm's no_weight_decay + 1-D params).
 NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'dist_token', 'absolute_pos_embed',
                   'relative_position_bias_table', 'query_embed')
@@ -205,7 +207,6 @@ def layer_id(family: str, name: str, depths: Sequence[int]) -> int:
 
 def model_depths(config) -> Tuple[str, Tuple[int, ...]]:
   """(family, blocks per stage) of config.model, read off the module's fields (no init)."""
-  from swin_jax.models import create_model, model_family  # pylint: disable=g-import-not-at-top
   name = config.model.name
   family = model_family(name)
   if family not in LAYER_DECAY_FAMILIES:
@@ -271,7 +272,6 @@ FREEZE_CHOICES = ('', 'backbone', 'head')
 
 def head_name(model_name: str) -> str:
   """The classifier head's parameter name of ``model_name``'s family ('head', 'fc')."""
-  from swin_jax.models import model_family  # pylint: disable=g-import-not-at-top
   family = model_family(model_name)
   if family not in HEAD_NAMES:
     raise ValueError(f'config.finetune: config.model.name={model_name!r} ({family}) has no '

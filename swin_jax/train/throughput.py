@@ -29,6 +29,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from swin_jax.tools import count
+
 log = logging.getLogger('swin_jax')
 
 # Peak dense (no sparsity) matmul FLOP/s of one JAX device, by jax's device_kind and the
@@ -93,7 +95,6 @@ def train_flops_per_example(model, variables, init_inputs) -> float:
     variables: {'params': ..., **model_state}, arrays or ShapeDtypeStructs.
     init_inputs: (args, kwargs) of the model's inputs, batch first (task.init_inputs).
   """
-  from swin_jax.tools import count  # pylint: disable=g-import-not-at-top
   args, kwargs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
                               tuple(init_inputs))
   batch = int(np.shape(args[0])[0])
