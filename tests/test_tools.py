@@ -1,5 +1,6 @@
 """Tests of swin_jax.tools: parameter / MAC counting and the count and benchmark CLIs."""
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from jax import lax
 
 from swin_jax.models import create_model
-from swin_jax.tools import count
+from swin_jax.tools import benchmark, count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,3 +163,68 @@ def test_benchmark_cli():
   assert r.stdout.count('images/s') == 2
   assert 'compile' in r.stdout and 'memory' in r.stdout
   assert f'backend {jax.default_backend()}' in r.stdout
+
+
+# A DETR that compiles and runs in seconds on CPU: a 2-stage ResNet of width 8 (stride 8:
+# 4x4 tokens at 32 px), 1 encoder + 2 decoder layers (so the aux loss is on), 6 queries.
+TINY_DETR_ARGS = ('backbone_depths=(1,1)', 'backbone_width=8', 'hidden_dim=16', 'nheads=2',
+                  'enc_layers=1', 'dec_layers=2', 'dim_feedforward=32', 'num_queries=6',
+                  'num_classes=3')
+
+
+def _benchmark_main(monkeypatch, capsys, *argv):
+  """benchmark.main in this process (no second jax start-up): (rc, stdout, stderr, the
+  benchmark() results it printed)."""
+  # quiet_startup would leave its absl filter on for the tests that follow in this worker.
+  monkeypatch.setattr(benchmark.cli, 'quiet_startup', lambda: None)
+  reports, real = [], benchmark.benchmark
+  monkeypatch.setattr(benchmark, 'benchmark',
+                      lambda *a, **k: reports.append(real(*a, **k)) or reports[-1])
+  rc = benchmark.main(list(argv))
+  out = capsys.readouterr()
+  return rc, out.out, out.err, reports
+
+
+def test_benchmark_detr_trains_set_loss_with_model_args(monkeypatch, capsys):
+  model_args = [a for kv in TINY_DETR_ARGS for a in ('--model-arg', kv)]
+  rc, out, err, reports = _benchmark_main(
+      monkeypatch, capsys, 'detr_resnet50', '--batch', '2', '--img-size', '32', '--steps', '1',
+      '--boxes', '3', *model_args)
+  assert rc == 0, err
+  assert re.search(r'^train: +\d+\.\d images/s', out, re.M), out
+  assert re.search(r'^inference: +\d+\.\d images/s', out, re.M), out
+  assert 'loss DETR set criterion, 3 boxes/image' in out and 'img 32x32  batch 2' in out
+  # The overrides reached the model: the tiny DETR's parameters, not DETR-R50's 41.5 M.
+  tiny = create_model('detr_resnet50', **benchmark.parse_model_args(TINY_DETR_ARGS))
+  expected = count.count_params(count.abstract_variables(tiny, (1, 32, 32, 3)))
+  assert reports[0]['params'] == expected < 100_000
+  assert reports[0]['train_images_per_s'] > 0
+
+
+def test_detection_targets_are_padded_boxes_inside_the_image():
+  t = benchmark.detection_targets(batch=2, num_slots=6, boxes_per_image=3, num_classes=4)
+  assert t['labels'].shape == (2, 6) and t['boxes'].shape == (2, 6, 4)
+  assert t['valid'].tolist() == [[True] * 3 + [False] * 3] * 2
+  assert 0 <= int(t['labels'].min()) and int(t['labels'].max()) < 4
+  cxcy, wh = t['boxes'][..., :2], t['boxes'][..., 2:]
+  assert float((cxcy - wh / 2).min()) >= 0 and float((cxcy + wh / 2).max()) <= 1
+
+
+def test_parse_model_args_reads_literals():
+  got = benchmark.parse_model_args(['fast_cpu=True', 'depths=(1, 1)', 'drop_path_rate=0.1',
+                                    'num_classes=10', 'backbone=resnet101', 'aux_loss=false'])
+  assert got == dict(fast_cpu=True, depths=(1, 1), drop_path_rate=0.1, num_classes=10,
+                     backbone='resnet101', aux_loss=False)
+  for items, match in ((['depths'], 'KEY=VALUE'), (['img_size=64'], '--img-size'),
+                       (['dtype=bfloat16'], '--dtype'), (['a=1', 'a=2'], 'twice')):
+    with pytest.raises(ValueError, match=match):
+      benchmark.parse_model_args(items)
+
+
+@pytest.mark.parametrize('arg', ['no_such_field=1', 'depths'])
+def test_benchmark_bad_model_arg_names_the_flag(monkeypatch, capsys, arg):
+  rc, out, err, reports = _benchmark_main(monkeypatch, capsys, 'vit_demo', '--batch', '1',
+                                          '--model-arg', arg)
+  assert rc == 2 and not out and not reports  # refused before anything compiles
+  assert len(err.strip().splitlines()) == 1 and '--model-arg' in err
+  assert arg.split('=')[0] in err and 'Traceback' not in err

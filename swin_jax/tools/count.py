@@ -57,12 +57,16 @@ def make_inputs(model: nn.Module, input_shape: Sequence[int],
                 dtype: Any = jnp.float32) -> Tuple[tuple, Dict[str, Any]]:
   """Abstract example inputs of ``model.apply`` beside the variables: ``(args, kwargs)``.
 
-  Returns ``ShapeDtypeStruct``s: ``((images,), {})`` with images NHWC ``input_shape``. This
-  is the one place to teach the tools about models that take more than images (e.g. a
-  DETR-style ``mask=`` of shape [B, H, W]).
+  Returns ``ShapeDtypeStruct``s: ``((images,), kwargs)`` with images NHWC ``input_shape``
+  and, for a model with ``takes_mask`` (DETR), ``kwargs = {'mask': bool [B, H, W]}``, the
+  padding mask it is trained and evaluated with (so the tools trace the same program);
+  else ``{}``. This is the one place to teach the tools about models that take more than
+  images.
   """
-  del model  # Every registered model so far is images -> outputs.
-  x = jax.ShapeDtypeStruct(tuple(int(d) for d in input_shape), dtype)
+  shape = tuple(int(d) for d in input_shape)
+  x = jax.ShapeDtypeStruct(shape, dtype)
+  if getattr(model, 'takes_mask', False):
+    return (x,), {'mask': jax.ShapeDtypeStruct(shape[:3], jnp.bool_)}
   return (x,), {}
 
 
@@ -72,7 +76,9 @@ def abstract_variables(model: nn.Module, input_shape: Sequence[int]):
   Raises the model's own error (e.g. a ValueError for an img_size it cannot take).
   """
   args, kwargs = make_inputs(model, input_shape)
-  return jax.eval_shape(lambda k, *a: model.init(k, *a, **kwargs), jax.random.key(0), *args)
+  # kwargs as an argument, not closed over: eval_shape turns only arguments into tracers.
+  return jax.eval_shape(lambda k, a, kw: model.init(k, *a, **kw), jax.random.key(0), args,
+                        kwargs)
 
 
 def count_params(variables) -> int:
