@@ -4,7 +4,7 @@ epochs (440 steps each). Measured on a 2-core CPU: the 6 runs took 9 min 55 s of
 
   python -m swin_jax.sweep --sweep=experiments/sweeps/vit_digits_lr_dp.py --dir=runs/sweep_vit
 
-The format of this file: swin_jax/sweep.py's docstring.
+The format of this file: python -m swin_jax.sweep --help.
 """
 
 
