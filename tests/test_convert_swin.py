@@ -317,6 +317,99 @@ def test_error_missing_blocks_timm_layout():
 
 
 # ---------------------------------------------------------------------------------------------
+# The detection backbone (detection=True): mmdet checkpoints and their errors. Its outputs
+# against the official detection code are in tests/test_swin.py.
+
+DET_CKPT = os.path.join(DATA, 'swin_detection_official.safetensors')
+DET_CFG = dict(patch_size=2, embed_dim=4, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+               window_size=7, mlp_ratio=2.0, detection=True)
+
+
+def test_mmdet_detector_checkpoint_loads_its_backbone():
+  """A whole mmdet detector ({'state_dict': backbone.*, neck.*, heads}, 'meta') loads its
+  backbone: backbone. stripped, the rest ignored; every tensor lands unchanged (norm0 ->
+  norm0/{scale, bias}, Linear transposed), so the params map back to exactly the
+  backbone's own state_dict."""
+  sd = read_state_dict(DET_CKPT)
+  assert {'norm0.weight', 'norm3.bias'} <= set(sd) and 'norm.weight' not in sd
+  detector = {'meta': {'epoch': 12},
+              'state_dict': {**{'backbone.' + k: v for k, v in sd.items()},
+                             'neck.lateral_convs.0.conv.weight': np.zeros((4, 4, 1, 1)),
+                             'rpn_head.rpn_cls.bias': np.zeros(3)}}
+  params = load_torch_checkpoint('swin_demo', detector, **DET_CFG)['params']
+  np.testing.assert_array_equal(params['norm2']['scale'], sd['norm2.weight'])
+  np.testing.assert_array_equal(params['layers_3']['blocks_1']['attn']['qkv']['kernel'],
+                                sd['layers.3.blocks.1.attn.qkv.weight'].T)
+  # Back to torch names: exactly the backbone's state_dict, every tensor equal.
+  back = swin_convert.swin_params_to_torch(params)
+  assert sorted(back) == sorted(sd)
+  for k, v in sd.items():
+    np.testing.assert_array_equal(back[k], v, err_msg=k)
+
+
+def test_classification_checkpoint_initialises_detection_backbone():
+  """The official classification checkpoint (microsoft/Swin-Transformer layout with head,
+  norm and buffers) into detection=True gives what the official detection backbone holds
+  after the detection configs' pretrained= start (init_weights, then load_state_dict with
+  strict=False; tests/data/swin_detection_goldens.npz): the same keys, the classifier's
+  tensors, and norm0..norm2 at their initialisation. The outputs of any such params are
+  checked against the official code in tests/test_swin.py."""
+  with np.load(os.path.join(DATA, 'swin_detection_goldens.npz')) as f:
+    gold = {k: f[k] for k in f.files if k.startswith('cls_')}
+  cfg = dict(patch_size=2, embed_dim=8, depths=(2, 2, 2), num_heads=(2, 2, 4), window_size=4,
+             mlp_ratio=4.0, detection=True)
+  params = load_torch_checkpoint('swin_demo', OFFICIAL_CKPT, **cfg)['params']
+  back = swin_convert.swin_params_to_torch(params)
+  assert sorted(back) == gold['cls_keys'].tolist()
+  classifier = read_state_dict(OFFICIAL_CKPT)
+  for k, v in back.items():
+    np.testing.assert_array_equal(v, classifier[k] if k in classifier else gold['cls_' + k],
+                                  err_msg=k)
+  assert not any(k in classifier for k in back if k.startswith(('norm0', 'norm1', 'norm2')))
+
+
+def test_detection_checkpoint_errors_name_the_fix():
+  """Detection weights into a classifier point to detection=True; a head map into a
+  detection backbone (which has no head) is refused."""
+  cls_cfg = {k: v for k, v in DET_CFG.items() if k != 'detection'}
+  with pytest.raises(ValueError, match=r'unexpected in checkpoint: norm0\.weight(.*\n)*.*'
+                     r'pass detection=True'):
+    load_torch_checkpoint('swin_demo', DET_CKPT, **cls_cfg)
+  with pytest.raises(ValueError, match='detection=True backbone has no head'):
+    load_torch_checkpoint('swin_demo', DET_CKPT, head_class_map=[0, 1], **DET_CFG)
+
+
+def test_classification_checkpoint_initialises_detr_swin_backbone():
+  """config.init_from=<official Swin classifier .pth> for a DETR with a detection=True Swin
+  backbone (configs/detr/detr_swin_t.py, in small): backbone_0/body gets the classifier's
+  tensors (norm / head left out) and norm2 at scale 1 / bias 0, the DETR's own leaves keep
+  their initialisation (reported as kept fresh)."""
+  from swin_jax.train import checkpointing  # pylint: disable=g-import-not-at-top  # orbax
+  kw = dict(patch_size=2, embed_dim=8, depths=(2, 2, 2), num_heads=(2, 2, 4), window_size=4,
+            mlp_ratio=4.0, detection=True, mask_padding=True, out_indices=(2,))
+  overrides = dict(backbone='swin_demo', backbone_kwargs=kw, num_classes=3, num_queries=4,
+                   hidden_dim=16, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32)
+  model = create_model('detr_resnet50', **overrides)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  like = jax.tree.map(lambda s: np.full(s.shape, 7, s.dtype), abstract)
+  variables, skipped = checkpointing.load_variables_for_init(
+      OFFICIAL_CKPT, 'detr_resnet50', like, model_overrides=overrides, model=model)
+  sd = read_state_dict(OFFICIAL_CKPT)
+  body = variables['params']['backbone_0']['body']
+  assert set(body) == {'patch_embed', 'layers_0', 'layers_1', 'layers_2', 'norm2'}
+  np.testing.assert_array_equal(body['layers_2']['blocks_1']['attn']['qkv']['kernel'],
+                                sd['layers.2.blocks.1.attn.qkv.weight'].T)
+  np.testing.assert_array_equal(body['patch_embed']['norm']['scale'],
+                                sd['patch_embed.norm.weight'])
+  np.testing.assert_array_equal(body['norm2']['scale'], np.ones(32, np.float32))
+  np.testing.assert_array_equal(body['norm2']['bias'], np.zeros(32, np.float32))
+  assert skipped and not any('backbone_0' in k for k in skipped)
+  assert all(np.all(v == 7) for k, v in _flat(variables['params']).items()
+             if k[0] != 'backbone_0')
+
+
+# ---------------------------------------------------------------------------------------------
 # Shifted-window masks and relative position indices against the official construction.
 
 

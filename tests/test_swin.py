@@ -1,16 +1,20 @@
 """Swin Transformer: sizes and FLOPs of the released models, the shifted-window mask, any
-input size (padding and pixel masks), features, memory scaling and input errors.
+input size (padding and pixel masks), features, the detection backbone against golden
+outputs of the official detection code, memory scaling and input errors.
 
 Full-size models are only traced (jax.eval_shape / make_jaxpr); everything that runs uses tiny
 configs built from `swin_demo` with overrides.
 """
 import functools
+import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from swin_jax.convert import load_torch_checkpoint
 from swin_jax.models import create_model
 from swin_jax.models import swin
 from swin_jax.tools import count
@@ -175,11 +179,16 @@ def test_stage_window_rule():
 # ----------------------------------------------------------------------------- any input size
 @pytest.mark.parametrize('hw', [(22, 26), (100, 130)])
 def test_odd_input_sizes(demo, hw):
+  # Values at odd sizes are checked elsewhere (padded_runs, the detection goldens); here the
+  # shapes, and one run of the unmasked path (mask=None) on a padded input.
   model, variables = demo
   x = _images(0, 2, *hw, 3)
-  logits = _apply(model)(variables, x)
+  if hw == (100, 130):
+    logits = _apply(model)(variables, x)
+    assert np.isfinite(np.asarray(logits)).all()
+  else:
+    logits = jax.eval_shape(model.apply, variables, x)
   assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
-  assert np.isfinite(np.asarray(logits)).all()
   feats = jax.eval_shape(lambda v, x: model.apply(v, x, return_features=True), variables, x)
   h, w = -(-hw[0] // 2), -(-hw[1] // 2)
   assert [f.shape for f in feats] == [(2, h, w, 48), (2, -(-h // 2), -(-w // 2), 96)]
@@ -233,15 +242,97 @@ def test_features_strides_and_channels(hw, maps):
   assert all(f.dtype == jnp.float32 for f in feats)
 
 
-def test_features_norm_adds_one_layer_norm_per_stage():
-  model = create_model('swin_tiny_patch4_window7_224', features_norm=True)
-  variables = count.abstract_variables(model, (1, 224, 224, 3))
-  # abstract_variables traces the classifier path; the norms exist on the features path.
-  fvars = jax.eval_shape(
-      lambda k, x: model.init(k, x, return_features=True), jax.random.key(0),
-      _sds(1, 224, 224, 3))
-  names = set(fvars['params']) - set(variables['params'])
-  assert names == {f'features_norm_{i}' for i in range(4)}
+# ----------------------------------------------------------------------------- detection
+# Goldens of the official detection backbone (SwinTransformer/Swin-Transformer-Object-
+# Detection, mmdet/models/backbones/swin_transformer.py at c7b2011), random weights, made by
+# tests/data/generate/swin_detection.py (tests/data/README.md).
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+# The golden backbone: window 7 on four stages; its maps on x_a (25x33 .. 4x5 tokens) and
+# x_b (19x24 .. 3x3) all pad to whole windows, the merges pad odd sides, and the last stage
+# (smaller than a window) shifts, which the classification rule would not do.
+DET_CFG = dict(patch_size=2, embed_dim=4, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+               window_size=7, mlp_ratio=2.0, detection=True)
+
+
+@pytest.fixture(scope='module')
+def det_gold():
+  with np.load(os.path.join(DATA, 'swin_detection_goldens.npz')) as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope='module')
+def det_variables():
+  """The official detection checkpoint layout through our converter."""
+  return load_torch_checkpoint(
+      'swin_demo', os.path.join(DATA, 'swin_detection_official.safetensors'), **DET_CFG)
+
+
+def _stages(cfg, variables, x):
+  """swin_demo(**cfg) stage maps of x (numpy)."""
+  return [np.asarray(f) for f in jax.jit(create_model('swin_demo', **cfg).apply)(variables, x)]
+
+
+def _assert_stages_match(got, gold, name, n):
+  # Float32 on both sides, as the reference: the measured error is <= 3e-6 of each stage's
+  # largest value (summation order: LayerNorms, softmax, 8-16 wide dots), while an error of
+  # the architecture (a window, a shift, a mask, the padding) moves the maps by O(1) (masking
+  # the padded tokens alone: 0.4 .. 1.05).
+  assert len(got) == n
+  for i, g in enumerate(got):
+    ref = gold[f'{name}_stage{i}']
+    assert g.shape == ref.shape, (name, i)
+    err = float(np.abs(g - ref).max() / np.abs(ref).max())
+    assert err <= 1e-5, (name, i, err)
+
+
+@pytest.mark.parametrize('name', ['x_a', 'x_b'])
+def test_detection_backbone_matches_official(det_gold, det_variables, name):
+  """The official detection checkpoint layout through our converter: all four stages of the
+  official backbone (norm0 .. norm3 applied, padded tokens let into attention) on inputs
+  2x50x66 and 1x37x47, whose maps all need padding."""
+  variables = det_variables
+  assert {f'norm{i}' for i in range(4)} <= set(variables['params'])
+  assert 'norm' not in variables['params'] and 'head' not in variables['params']
+  _assert_stages_match(_stages(DET_CFG, variables, det_gold[name]), det_gold, name, 4)
+
+
+def test_detection_mode_windows_outputs_and_names():
+  """Swin-T, detection=True, at a detection size (traced only): window 7 with a shift on
+  every stage (stage 4 of 800x1333 is 25x42 tokens), the four maps through norm0..norm3,
+  the same parameter shapes as the classifier but for norm / head -> norm{i}, so a
+  classification checkpoint fits (out_indices: tests/test_convert_swin.py). The classifier's
+  features_norm=True adds the same norm{i}."""
+  name = 'swin_tiny_patch4_window7_224'
+  x = _sds(1, 800, 1333, 3)
+  # One abstract init per model gives both the outputs and the parameters.
+  init = lambda m: jax.eval_shape(m.init_with_output, jax.random.PRNGKey(0), x)
+  shape_tree = lambda t: jax.tree.map(jnp.shape, t)
+  # The window / shift each block uses, read from the traced module tree.
+  blocks = {}
+
+  def spy(next_fun, args, kwargs, context):
+    if isinstance(context.module, swin.SwinBlock) and context.method_name == '__call__':
+      blocks[context.module.scope.path] = (context.module.window_size,
+                                           context.module.shift_size)
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(spy):
+    feats, dvars = init(create_model(name, detection=True))  # a list whatever return_features
+  maps = [(200, 334), (100, 167), (50, 84), (25, 42)]
+  assert [f.shape for f in feats] == [(1, *m, c) for m, c in zip(maps, (96, 192, 384, 768))]
+  assert len(blocks) == 12
+  assert blocks == {p: (7, 3 if int(p[-1].split('_')[1]) % 2 else 0) for p in blocks}
+  dvars = dvars['params']
+  cvars = count.abstract_variables(create_model(name), (1, 224, 224, 3))['params']
+  assert set(dvars) == (set(cvars) - {'norm', 'head'}) | {f'norm{i}' for i in range(4)}
+  for k in set(cvars) - {'norm', 'head'}:
+    assert shape_tree(dvars[k]) == shape_tree(cvars[k]), k
+  # The classifier's features_norm=True: the same norm{i} on its features path.
+  fvars = jax.eval_shape(lambda k, x: create_model(name, features_norm=True).init(
+      k, x, return_features=True), jax.random.key(0), _sds(1, 224, 224, 3))['params']
+  assert set(fvars) - set(cvars) == {f'norm{i}' for i in range(4)}
+  with pytest.raises(ValueError, match=r'out_indices=\(4,\): give stage indices in 0\.\.3'):
+    jax.eval_shape(create_model(name, detection=True, out_indices=(4,)).init,
+                   jax.random.PRNGKey(0), x)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -291,7 +382,8 @@ def test_bad_shapes_and_fields_raise():
 def test_window_larger_than_the_map_follows_the_official_rule():
   """A window_size larger than a stage's map is shrunk to the map (no shift), as the
   official code does for small maps (stage_window): window 16 on swin_demo's 8x8 first stage
-  is global attention, exactly the model with window_size=8 (same parameters)."""
+  is global attention, exactly the model with window_size=8 (same parameters, the same
+  traced program: equal jaxprs, so equal outputs without compiling either)."""
   x = _images(5, 2, 16, 16, 3)
   big = create_model('swin_demo', window_size=16)
   exact = create_model('swin_demo', window_size=8)
@@ -300,8 +392,10 @@ def test_window_larger_than_the_map_follows_the_official_rule():
           ['relative_position_bias_table'].shape == (15 * 15, 3))
   shapes = lambda m: jax.tree.map(jnp.shape, jax.eval_shape(m.init, jax.random.PRNGKey(0), x))
   assert shapes(exact) == shapes(big)
-  np.testing.assert_allclose(_apply(big)(variables, x), _apply(exact)(variables, x),
-                             rtol=1e-6, atol=1e-6)
+  program = lambda m: str(jax.make_jaxpr(m.apply)(variables, x))
+  assert program(big) == program(exact)
+  # The comparison sees a constant change: another LayerNorm epsilon is another program.
+  assert program(big) != program(create_model('swin_demo', window_size=16, norm_eps=1e-6))
   # A window one smaller than the map keeps its size and shifts: another parameter shape.
   v7 = shapes(create_model('swin_demo', window_size=7))
   assert v7['params']['layers_0']['blocks_1']['attn']['relative_position_bias_table'] == (
@@ -332,3 +426,21 @@ def test_bfloat16_compute_close_to_float32(demo):
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   np.testing.assert_allclose(a, b, atol=0.05 * float(jnp.abs(a).max()) + 1e-3)
   assert not np.array_equal(a, b)  # the compute really ran in bfloat16
+
+
+def test_fused_attention_formulation_gives_the_same_outputs(monkeypatch):
+  """Window attention through jax.nn.dot_product_attention (the formulation TPU / GPU take:
+  relative bias + shift mask + padded keys summed into one bias) equals the CPU einsum
+  formulation."""
+  B, ws, nh, C = 2, 4, 3, 24
+  attn = swin.WindowAttention(ws, nh)
+  x = _images(8, B, 4, ws * ws, C)  # [B, nW, N, C]: an 8x8 map in 4x4 windows
+  region = jnp.asarray(swin.shifted_window_mask(8, 8, ws, 2))  # [nW, N, N]
+  key_bias = np.zeros((B, 4, ws * ws), np.float32)
+  key_bias[1, 3, -5:] = swin.PAD_VALUE  # image 1 padded in its last window
+  variables = jax.jit(attn.init)(jax.random.PRNGKey(0), x, region, key_bias)
+  variables = jax.tree.map(lambda t: t + 0.1 * _images(9, *t.shape), variables)  # a real table
+  run = lambda: jax.jit(lambda v: attn.apply(v, x, region, key_bias))(variables)
+  ref = run()
+  monkeypatch.setattr(swin.layers, 'attention_implementation', lambda *a, **k: 'xla')
+  np.testing.assert_allclose(run(), ref, rtol=1e-5, atol=1e-5)

@@ -93,10 +93,34 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
     options['head_class_map'] = head_class_map
   model = create_model(name, **model_overrides)
   state_dict = read_state_dict(source)
+  if family == 'detr' and not str(model.backbone).startswith('resnet'):
+    return detr_backbone_variables(state_dict, model, name=name)
   params = convert(state_dict, model, name=name, drop_head=drop_head, **options)
   if getattr(convert, 'returns_variables', False):  # e.g. Shunted: params and BN batch_stats
     return params
   return {'params': params}
+
+
+def detr_backbone_variables(state_dict, model, *, name: str = 'detr') -> Dict[str, Any]:
+  """A classifier / detection-backbone checkpoint of a DETR's non-ResNet ``backbone`` (Swin,
+  Shunted) -> its variables under ``backbone_0/body``.
+
+  The body is built as ``models.detr.Backbone`` builds it (``num_classes=0`` and the DETR's
+  ``backbone_kwargs``) and converted by its family's converter with the head left out (a
+  Swin with ``detection=True`` takes an official classification checkpoint as the detection
+  configs' ``pretrained=``: ``swin_jax.convert.swin``). ``config.init_from`` merges the
+  result into a fresh DETR: the transformer and heads keep their initialisation.
+  """
+  family = model_family(model.backbone)
+  if family not in CONVERTERS:
+    raise NotImplementedError(f'{name}: no checkpoint converter for backbone='
+                              f'{model.backbone!r} ({family!r} models)')
+  convert = CONVERTERS[family]
+  body = create_model(model.backbone, num_classes=0, **dict(model.backbone_kwargs or {}))
+  out = convert(state_dict, body, name=f'{name} backbone {model.backbone!r}', drop_head=True)
+  if not getattr(convert, 'returns_variables', False):
+    out = {'params': out}
+  return {col: {'backbone_0': {'body': tree}} for col, tree in out.items()}
 
 
 # family -> fn(model, path, value, target_shape) -> adapted array or None (cannot adapt).

@@ -23,6 +23,19 @@ interpolation), so a timm model loaded at another window gives other values than
 
 Classifier: ``drop_head=True`` leaves it out; ``head_class_map`` keeps the checkpoint rows it
 lists (ImageNet-22K -> 1K with the official ``data/map22kto1k.txt``, as ``load_pretrained``).
+
+Detection backbone (a model with ``detection=True``): the per-stage output norms are
+``norm{i}`` as in SwinTransformer/Swin-Transformer-Object-Detection (``norm0`` ->
+``norm0/{scale, bias}``). Two sources load:
+
+* an official detection checkpoint: the backbone's own state_dict, or a whole mmdet detector
+  (``{'state_dict': {'backbone.*', 'neck.*', ...}}``), whose ``backbone.`` keys are taken and
+  the rest ignored;
+* a classification checkpoint (either layout above), as the detection configs'
+  ``pretrained=`` starts the backbone (``init_weights`` then ``mmcv_custom.load_checkpoint``
+  with ``strict=False``): its ``norm`` and ``head`` are ignored and, where it has no
+  ``norm{i}`` at all, those start as the official initialisation gives them (scale 1, bias
+  0). Bias tables of another window are resized bicubic, as that loader does.
 """
 from __future__ import annotations
 
@@ -34,6 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import numpy as np
+from flax import traverse_util
 
 from swin_jax.convert import common, resize
 from swin_jax.convert.common import Path
@@ -47,6 +61,7 @@ IGNORED_BUFFERS = ('relative_position_index', 'attn_mask')
 _ARCH_FIELDS = ('embed_dim', 'depths', 'num_heads', 'patch_size', 'mlp_ratio', 'in_chans',
                 'qkv_bias')
 _TABLE = 'relative_position_bias_table'
+_STAGE_NORM = re.compile(r'norm\d+')  # norm0 .. norm3: the detection backbone's stage norms
 ClassMap = Union[str, os.PathLike, Sequence[int], np.ndarray]
 
 
@@ -112,7 +127,24 @@ def _key_order(key: str):
       return (1, int(m.group(1)), 0, int(m.group(2)), _sub_order(m.group(3)))
     return (1, int(m.group(1)), 1, 0, _sub_order(m.group(4)))
   top, _, rest = key.partition('.')
+  m = re.fullmatch(r'norm(\d+)', top)  # a detection backbone's per-stage norms
+  if m:
+    return (2, int(m.group(1)), 0, 0, _sub_order(rest))
   return ({'patch_embed': 0, 'norm': 2, 'head': 3}.get(top, 4), 0, 0, 0, _sub_order(rest or top))
+
+
+def backbone_state_dict(sd: Mapping[str, Any]) -> Mapping[str, Any]:
+  """An mmdet detector's state_dict (``backbone.*``, ``neck.*``, ...) -> its backbone's,
+  ``backbone.`` stripped; any other state_dict as it is."""
+  if any(k.startswith(('patch_embed.', 'layers.')) for k in sd):
+    return sd
+  if any(k.startswith('backbone.') for k in sd):
+    return {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
+  return sd
+
+
+def _is_stage_norm(key: str) -> bool:
+  return bool(_STAGE_NORM.fullmatch(key.split('.', 1)[0]))
 
 
 def to_official_layout(sd: Mapping[str, Any]) -> Tuple[StateDict, str]:
@@ -278,7 +310,14 @@ def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray], l
   def same_window(m):  # of the registered names that fit, those of the checkpoint's window
     return cfg.get('window_size') in (None, m.window_size)
 
+  detection = None
+  if not getattr(model, 'detection', False) and any(_is_stage_norm(k) for k in unexpected):
+    detection = ('a detection backbone checkpoint (norm0 .. per stage, no head): pass '
+                 'detection=True to get the detection backbone')
+
   n_ckpt = cfg['num_classes']
+  if getattr(model, 'detection', False):  # no head to fit
+    drop_head = True
   head = common.head_fix(n_ckpt, model.num_classes, drop_head, more=(
       'head_class_map= (checkpoint class indices, one per model class, or a text file of '
       'them) to keep the listed rows of the head',))
@@ -290,7 +329,7 @@ def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray], l
       shape_errors, order=_key_order, cfg=cfg,
       show=official_to_timm_key if layout == 'timm' else (lambda k: k),
       fixes=[common.arch_fix(name, model, cfg, 'swin', _ARCH_FIELDS, prefer=same_window),
-             head],
+             head, detection],
       fallback='check that the checkpoint is a Swin Transformer (v1) of this configuration')
 
 
@@ -333,6 +372,10 @@ def convert_swin(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'swin',
       with one index per line like the official ``data/map22kto1k.txt``): the head keeps
       those rows, in that order (ImageNet-22K weights into a 1K model).
 
+  A ``detection=True`` model takes an official detection checkpoint (the backbone's, or a
+  whole mmdet detector's ``backbone.*``) or a classification one (module docstring: its
+  norm / head ignored, ``norm{i}`` returned as scale 1 / bias 0 where it has none).
+
   Returns:
     The ``params`` tree (numpy float32), structure and shapes of
     ``model.init(...)['params']`` (without 'head' if ``drop_head``). Bias tables of another
@@ -347,10 +390,23 @@ def convert_swin(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'swin',
   if drop_head and head_class_map is not None:
     raise ValueError('pass drop_head=True (leave the head out) or head_class_map= (keep some '
                      'rows of the checkpoint head), not both')
+  detection = bool(getattr(model, 'detection', False))
+  if detection and head_class_map is not None:
+    raise ValueError('head_class_map= selects classifier rows, but a detection=True backbone '
+                     'has no head: leave head_class_map out')
+  sd = backbone_state_dict(sd)
   sd, layout = to_official_layout({k: to_numpy(v) for k, v in sd.items()})
   full_sd = sd
   targets = common.variable_shapes(model)
-  if drop_head:
+  fresh = {}
+  if detection:
+    # As the official pretrained= load (strict=False): a classifier's norm / head are unused,
+    # and without any norm{i} in the checkpoint they keep init_weights' LayerNorm 1 / 0.
+    sd = {k: v for k, v in sd.items() if not k.startswith(('norm.', 'head.'))}
+    if not any(_is_stage_norm(k) for k in sd):
+      fresh = {k: t for k, t in targets.items() if _STAGE_NORM.fullmatch(k[1][0])}
+      targets = {k: t for k, t in targets.items() if k not in fresh}
+  elif drop_head:
     targets, sd = common.without_head(targets, sd)
   elif head_class_map is not None:
     sd = _select_head_rows(sd, model, head_class_map)
@@ -358,7 +414,14 @@ def convert_swin(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'swin',
   def fit(path, v, want):  # a bias table of another window, resized as the official code
     return _table_for(v, want) if path[-1] == _TABLE else None
 
-  return common.map_state_dict(
+  params = common.map_state_dict(
       sd, targets, lambda _, path: swin_key(path), fit=fit,
       error=functools.partial(_mismatch_error, name, model, full_sd, layout,
                               drop_head or head_class_map is not None))['params']
+  if fresh:
+    flat = traverse_util.flatten_dict(params)
+    for (_, path), t in fresh.items():
+      flat[path] = (np.ones if path[-1] == 'scale' else np.zeros)(t.shape, t.dtype)
+    params = traverse_util.unflatten_dict(flat)
+  return params
+

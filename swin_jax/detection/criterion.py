@@ -52,6 +52,28 @@ is ``sum(weights[k] * loss_k)`` over the three losses of every layer (DETR's
 
 Box losses use ``elementwise_generalized_box_iou`` (denominators clamped by a
 tiny eps): identical to DETR for non-degenerate boxes, finite otherwise.
+
+Options (off by default; DETR's numbers above are unchanged without them):
+
+* ``focal=(alpha, gamma)`` (``config.loss.classification='focal'``): Deformable
+  DETR's sigmoid focal classification. ``loss_ce`` = sum over every query and
+  class of ``alpha_t (1 - p_t)^gamma BCE(logit, onehot)`` / num_boxes, the
+  unmatched queries' targets all zero; matching cost class term
+  ``alpha (1-p)^gamma (-log(p + 1e-8)) - (1-alpha) p^gamma (-log(1 - p + 1e-8))``
+  at the target's class, p = sigmoid(logit). Deformable DETR's head has C
+  outputs; the ``pred_logits [B, Q, C + 1]`` contract is kept and the last
+  (no-object) column is ignored: it gets no loss and no gradient, and the
+  scores are ``max_c sigmoid(logit_c)`` over the first C (``class_scores``).
+  ``cardinality_error`` then counts queries with a max sigmoid score > 0.5.
+  Deformable DETR's weights are class 2, L1 5, GIoU 2 for the loss and the cost.
+* Denoising (DN-DETR): when ``outputs`` has ``dn_outputs`` (``DETR`` with
+  ``dn_groups > 0`` in training), each real denoising query reconstructs its
+  own ground truth, no matching: ``loss_ce_dn`` (the focal loss, or with the
+  softmax cross-entropy the mean over the real dn queries, no eos weighting:
+  every dn query is an object), ``loss_bbox_dn``, ``loss_giou_dn``, all sums over
+  the real dn queries / their number (DN-DETR's ``num_tgt``), for the last layer
+  and ``_dn_i`` for the aux layers, weighted as the matching part's losses.
+  Padded dn queries (slots of missing targets) enter no loss.
 """
 import functools
 
@@ -66,10 +88,15 @@ from swin_jax.detection.boxes import (box_cxcywh_to_xyxy,
 from swin_jax.detection.matchers import get_matcher, hungarian_matcher_padded
 
 __all__ = ['SetCriterion', 'matching_cost', 'match', 'num_target_boxes',
-           'layer_losses', 'DEFAULT_WEIGHTS', 'DEFAULT_COST_WEIGHTS']
+           'layer_losses', 'dn_losses', 'sigmoid_focal_loss', 'focal_class_cost',
+           'class_scores', 'DEFAULT_WEIGHTS', 'DEFAULT_COST_WEIGHTS',
+           'FOCAL_WEIGHTS', 'FOCAL_COST_WEIGHTS']
 
 DEFAULT_WEIGHTS = dict(ce=1.0, bbox=5.0, giou=2.0)
 DEFAULT_COST_WEIGHTS = dict(class_=1.0, bbox=5.0, giou=2.0)
+# Deformable DETR main.py: cls_loss_coef 2, bbox 5, giou 2; set_cost_class 2, bbox 5, giou 2.
+FOCAL_WEIGHTS = dict(ce=2.0, bbox=5.0, giou=2.0)
+FOCAL_COST_WEIGHTS = dict(class_=2.0, bbox=5.0, giou=2.0)
 
 # A harmless box put in place of padding targets (keeps GIoU well defined).
 _DUMMY_BOX = (0.5, 0.5, 1.0, 1.0)
@@ -103,8 +130,46 @@ def num_target_boxes(targets):
   return jnp.maximum(jnp.sum(valid).astype(jnp.float32), 1.0)
 
 
+def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0):
+  """Elementwise focal loss (RetinaNet; Deformable DETR's ``sigmoid_focal_loss``
+  before its reduction): ``alpha_t * (1 - p_t)^gamma * BCE(logits, targets)``.
+
+  logits, targets: float arrays of one shape (targets in {0, 1}). Returns that
+  shape. alpha < 0 disables the alpha weighting, as the reference.
+  """
+  logits, targets = _float(logits), _float(targets)
+  p = jax.nn.sigmoid(logits)
+  # BCE with logits, stable: max(x, 0) - x t + log(1 + exp(-|x|)).
+  ce = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  p_t = p * targets + (1 - p) * (1 - targets)
+  loss = ce * (1 - p_t) ** gamma
+  if alpha >= 0:
+    loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+  return loss
+
+
+def focal_class_cost(pred_logits, tgt_labels, alpha=0.25, gamma=2.0):
+  """Deformable DETR's focal class cost, batched: [B, Q, C + 1] logits (the last
+  column ignored), [B, T] labels in [0, C) -> [B, Q, T] (lower is better)."""
+  p = jax.nn.sigmoid(_float(pred_logits)[..., :-1])  # [B, Q, C]
+  neg = (1 - alpha) * p ** gamma * -jnp.log(1 - p + 1e-8)
+  pos = alpha * (1 - p) ** gamma * -jnp.log(p + 1e-8)
+  idx = jnp.broadcast_to(tgt_labels[:, None, :], p.shape[:2] + tgt_labels.shape[1:])
+  return jnp.take_along_axis(pos - neg, idx, axis=-1)
+
+
+def class_scores(pred_logits, focal=False):
+  """Per-query class probabilities [B, Q, C] of [B, Q, C + 1] logits: softmax
+  with the no-object column dropped (DETR's PostProcess), or with ``focal`` the
+  sigmoid of the first C logits (Deformable DETR's)."""
+  logits = _float(pred_logits)
+  if focal:
+    return jax.nn.sigmoid(logits[..., :-1])
+  return jax.nn.softmax(logits, axis=-1)[..., :-1]
+
+
 def matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes,
-                  cost_class=1.0, cost_bbox=5.0, cost_giou=2.0):
+                  cost_class=1.0, cost_bbox=5.0, cost_giou=2.0, focal=None):
   """DETR's matching cost matrix (``HungarianMatcher``), batched.
 
   Args:
@@ -113,14 +178,19 @@ def matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes,
     tgt_labels: [B, T] int target classes in [0, C].
     tgt_boxes: [B, T, 4] (cx, cy, w, h) target boxes.
     cost_class, cost_bbox, cost_giou: weights of the three terms.
+    focal: None (DETR: -softmax prob) or (alpha, gamma): Deformable DETR's focal
+      class cost (``focal_class_cost``).
 
   Returns:
     [B, Q, T] cost (lower is better).
   """
-  prob = jax.nn.softmax(_float(pred_logits), axis=-1)  # [B, Q, C+1]
-  idx = jnp.broadcast_to(tgt_labels[:, None, :],
-                         prob.shape[:2] + tgt_labels.shape[1:])
-  c_class = -jnp.take_along_axis(prob, idx, axis=-1)  # [B, Q, T]
+  if focal is not None:
+    c_class = focal_class_cost(pred_logits, tgt_labels, *focal)
+  else:
+    prob = jax.nn.softmax(_float(pred_logits), axis=-1)  # [B, Q, C+1]
+    idx = jnp.broadcast_to(tgt_labels[:, None, :],
+                           prob.shape[:2] + tgt_labels.shape[1:])
+    c_class = -jnp.take_along_axis(prob, idx, axis=-1)  # [B, Q, T]
   pred_boxes = _float(pred_boxes)
   c_bbox = jnp.sum(jnp.abs(pred_boxes[:, :, None, :] - tgt_boxes[:, None, :, :]),
                    axis=-1)  # [B, Q, T] (torch.cdist p=1)
@@ -171,7 +241,7 @@ def _match_layers(costs, valid, matcher='hungarian'):
 
 
 def layer_losses(pred_logits, pred_boxes, tgt_labels, tgt_boxes, valid,
-                 indices, num_boxes, eos_coef=0.1, log=True):
+                 indices, num_boxes, eos_coef=0.1, log=True, focal=None):
   """DETR's losses of one decoder layer for a given matching.
 
   Args:
@@ -184,6 +254,8 @@ def layer_losses(pred_logits, pred_boxes, tgt_labels, tgt_boxes, valid,
     num_boxes: scalar normaliser of the box losses (>= 1).
     eos_coef: class weight of no-object in the cross-entropy.
     log: also return ``class_error``.
+    focal: None (softmax cross-entropy) or (alpha, gamma): the sigmoid focal
+      loss over the first C logits, summed / num_boxes (Deformable DETR).
 
   Returns:
     dict of scalars: loss_ce, loss_bbox, loss_giou, cardinality_error and,
@@ -205,13 +277,20 @@ def layer_losses(pred_logits, pred_boxes, tgt_labels, tgt_boxes, valid,
   target_classes = jnp.where(
       hit.any(axis=1), jnp.sum(jnp.where(hit, matched_labels[:, :, None], 0), axis=1),
       num_classes).astype(jnp.int32)  # [B, Q]
-  logp = jax.nn.log_softmax(pred_logits, axis=-1)
-  ce = -jnp.take_along_axis(logp, target_classes[..., None], axis=-1)[..., 0]
-  w = jnp.where(target_classes == num_classes, eos_coef, 1.0).astype(ce.dtype)
-  losses = {'loss_ce': jnp.sum(w * ce) / jnp.sum(w)}
+  if focal is not None:
+    # one-hot over C + 1 with the no-object column dropped: unmatched rows all 0
+    onehot = jax.nn.one_hot(target_classes, c1, dtype=pred_logits.dtype)[..., :-1]
+    fl = sigmoid_focal_loss(pred_logits[..., :-1], onehot, *focal)
+    losses = {'loss_ce': jnp.sum(fl) / num_boxes}
+  else:
+    logp = jax.nn.log_softmax(pred_logits, axis=-1)
+    ce = -jnp.take_along_axis(logp, target_classes[..., None], axis=-1)[..., 0]
+    w = jnp.where(target_classes == num_classes, eos_coef, 1.0).astype(ce.dtype)
+    losses = {'loss_ce': jnp.sum(w * ce) / jnp.sum(w)}
+  class_logits = pred_logits[..., :-1] if focal is not None else pred_logits
 
   if log:  # DETR's accuracy(): top-1 of the matched queries, 0 if none.
-    src_logits = jnp.take_along_axis(pred_logits, pred_idx[..., None], axis=1)
+    src_logits = jnp.take_along_axis(class_logits, pred_idx[..., None], axis=1)
     correct = (jnp.argmax(src_logits, axis=-1) == matched_labels) & pair_valid
     n = jnp.sum(pair_valid)
     acc = jnp.where(n > 0, 100.0 * jnp.sum(correct) / jnp.maximum(n, 1), 0.0)
@@ -227,11 +306,52 @@ def layer_losses(pred_logits, pred_boxes, tgt_labels, tgt_boxes, valid,
   losses['loss_giou'] = jnp.sum(jnp.where(pair_valid, 1.0 - giou, 0.0)) / num_boxes
 
   # ---- cardinality (logging only).
-  card_pred = jnp.sum(jnp.argmax(pred_logits, axis=-1) != num_classes, axis=1)
+  if focal is not None:  # no no-object column: a query "detects" at sigmoid > 0.5
+    card_pred = jnp.sum(jnp.max(class_logits, axis=-1) > 0, axis=1)
+  else:
+    card_pred = jnp.sum(jnp.argmax(pred_logits, axis=-1) != num_classes, axis=1)
   card_tgt = jnp.sum(valid, axis=1)
   losses['cardinality_error'] = jax.lax.stop_gradient(
       jnp.mean(jnp.abs(card_pred - card_tgt).astype(jnp.float32)))
   return losses
+
+
+def dn_losses(pred_logits, pred_boxes, tgt_labels, tgt_boxes, valid, num_dn,
+              focal=None):
+  """DN-DETR's denoising losses of one decoder layer: no matching, query i
+  reconstructs its own ground truth.
+
+  Args:
+    pred_logits: [B, P, C + 1] logits of the P (padded) denoising queries.
+    pred_boxes: [B, P, 4] (cx, cy, w, h) their predicted boxes.
+    tgt_labels: [B, P] int, each dn query's (un-noised) ground-truth class.
+    tgt_boxes: [B, P, 4] its (un-noised) ground-truth box.
+    valid: [B, P] bool, False for padded dn queries (they enter no loss).
+    num_dn: scalar >= 1, the number of real dn queries (DN-DETR's num_tgt).
+    focal: None (cross-entropy over C + 1, mean over the real dn queries) or
+      (alpha, gamma) (focal over the first C, summed / num_dn).
+
+  Returns:
+    dict of scalars loss_ce, loss_bbox, loss_giou.
+  """
+  pred_logits, pred_boxes = _float(pred_logits), _float(pred_boxes)
+  tgt_boxes = _float(tgt_boxes)
+  tgt_labels = jnp.where(valid, tgt_labels, 0).astype(jnp.int32)
+  tgt_boxes = jnp.where(valid[..., None], tgt_boxes, jnp.asarray(_DUMMY_BOX, tgt_boxes.dtype))
+  vf = valid.astype(jnp.float32)
+  if focal is not None:
+    onehot = jax.nn.one_hot(tgt_labels, pred_logits.shape[-1] - 1, dtype=jnp.float32)
+    fl = sigmoid_focal_loss(pred_logits[..., :-1], onehot, *focal).sum(-1)  # [B, P]
+    loss_ce = jnp.sum(vf * fl) / num_dn
+  else:
+    logp = jax.nn.log_softmax(pred_logits, axis=-1)
+    ce = -jnp.take_along_axis(logp, tgt_labels[..., None], axis=-1)[..., 0]
+    loss_ce = jnp.sum(vf * ce) / num_dn
+  l1 = jnp.sum(jnp.abs(pred_boxes - tgt_boxes), axis=-1)
+  giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes),
+                                         box_cxcywh_to_xyxy(tgt_boxes))
+  return {'loss_ce': loss_ce, 'loss_bbox': jnp.sum(vf * l1) / num_dn,
+          'loss_giou': jnp.sum(vf * (1.0 - giou)) / num_dn}
 
 
 class SetCriterion:
@@ -247,12 +367,17 @@ class SetCriterion:
     weights: loss weights, keys ce, bbox, giou (DETR: 1, 5, 2).
     cost_weights: matching cost weights, keys class_, bbox, giou (DETR: 1, 5,
       2).
-    aux_loss: also apply the losses to ``outputs['aux_outputs']``.
+    aux_loss: also apply the losses to ``outputs['aux_outputs']`` (and to the
+      aux layers of ``outputs['dn_outputs']``).
+    focal: None (DETR's softmax cross-entropy and cost) or (alpha, gamma):
+      Deformable DETR's sigmoid focal loss and focal matching cost (module
+      docstring); pass FOCAL_WEIGHTS / FOCAL_COST_WEIGHTS for its weights.
   """
 
   def __init__(self, num_classes, matcher='hungarian', eos_coef=0.1,
-               weights=None, cost_weights=None, aux_loss=True):
+               weights=None, cost_weights=None, aux_loss=True, focal=None):
     self.num_classes = num_classes
+    self.focal = None if focal is None else (float(focal[0]), float(focal[1]))
     self.matcher = matcher
     self.eos_coef = eos_coef
     self.weights = dict(DEFAULT_WEIGHTS, **(weights or {}))
@@ -270,7 +395,7 @@ class SetCriterion:
     labels, boxes, valid = _targets(targets)
     cw = self.cost_weights
     cost = matching_cost(outputs['pred_logits'], outputs['pred_boxes'], labels,
-                         boxes, cw['class_'], cw['bbox'], cw['giou'])
+                         boxes, cw['class_'], cw['bbox'], cw['giou'], self.focal)
     return match(cost, valid, self.matcher)
 
   def __call__(self, outputs, targets, num_boxes=None):
@@ -278,7 +403,9 @@ class SetCriterion:
 
     Args:
       outputs: dict with pred_logits [B, Q, C + 1], pred_boxes [B, Q, 4] and
-        optionally aux_outputs (list of such dicts).
+        optionally aux_outputs (list of such dicts) and dn_outputs (``DETR``'s
+        denoising part: pred_logits [L, B, P, C + 1], pred_boxes [L, B, P, 4],
+        labels [B, P], boxes [B, P, 4], valid [B, P]).
       targets: dict with labels [B, T], boxes [B, T, 4], valid [B, T].
       num_boxes: optional normaliser of the box losses (e.g. a global count);
         default: the number of valid targets in ``targets``, clamped >= 1.
@@ -286,7 +413,8 @@ class SetCriterion:
     Returns:
       (total_loss scalar, metrics dict of scalars): the DETR loss dict
       (loss_ce, loss_bbox, loss_giou, class_error, cardinality_error and the
-      ``_i`` suffixed aux entries) plus ``loss`` (the total).
+      ``_i`` suffixed aux entries; ``_dn`` / ``_dn_i`` ones with
+      ``dn_outputs``) plus ``loss`` (the total).
     """
     if self.num_classes != outputs['pred_logits'].shape[-1] - 1:
       raise ValueError(
@@ -307,7 +435,7 @@ class SetCriterion:
     # another device's matching, and no cost matrix crosses devices.
     cw = self.cost_weights
     costs = [matching_cost(out['pred_logits'], out['pred_boxes'], labels, boxes,
-                           cw['class_'], cw['bbox'], cw['giou'])
+                           cw['class_'], cw['bbox'], cw['giou'], self.focal)
              for _, out, _ in layers]
     if len({c.shape for c in costs}) == 1:
       all_idx = shd.per_device(
@@ -325,9 +453,23 @@ class SetCriterion:
     total = jnp.zeros((), jnp.float32)
     for (suffix, out, log), indices in zip(layers, per_layer):
       losses = layer_losses(out['pred_logits'], out['pred_boxes'], labels, boxes,
-                            valid, indices, num_boxes, self.eos_coef, log=log)
+                            valid, indices, num_boxes, self.eos_coef, log=log,
+                            focal=self.focal)
       for k, wt in self.weight_dict.items():
         total = total + wt * losses[k]
       metrics.update({k + suffix: v for k, v in losses.items()})
+
+    dn = outputs.get('dn_outputs')
+    if dn is not None:  # DN-DETR: [L, B, P, .] predictions of the denoising queries
+      dn_valid = jnp.asarray(dn['valid'], bool)
+      num_dn = jnp.maximum(jnp.sum(dn_valid).astype(jnp.float32), 1.0)
+      n_layers = dn['pred_logits'].shape[0]
+      for i in (range(n_layers) if self.aux_loss else [n_layers - 1]):
+        suffix = '_dn' if i == n_layers - 1 else f'_dn_{i}'
+        losses = dn_losses(dn['pred_logits'][i], dn['pred_boxes'][i], dn['labels'],
+                           dn['boxes'], dn_valid, num_dn, self.focal)
+        for k, wt in self.weight_dict.items():
+          total = total + wt * losses[k]
+        metrics.update({k + suffix: v for k, v in losses.items()})
     metrics['loss'] = total
     return total, metrics

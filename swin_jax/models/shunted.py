@@ -30,6 +30,10 @@ reshapes the reduced tokens to [H/sr, W/sr]), i.e. H and W multiples of 32 at th
 sr ratios (8, 4, 2, 1). Other sizes are refused with an error naming the nearest valid ones
 (``valid_sizes``); no padding is done, so a feature map never mixes in padded tokens.
 
+As a detection backbone (DETR's ``backbone='shunted_s'``): ``return_features=True`` gives
+all four maps (multi-scale use; DETR takes the last), ``frozen_bn=True`` freezes the stem's
+BatchNorm statistics, and a padding ``mask=`` is accepted and ignored (``__call__``).
+
 Input NHWC float images, normalised. Output logits [B, num_classes], or with
 ``return_features=True`` the stage maps [B, H/4, W/4, C1], [B, H/8, W/8, C2], ...,
 [B, H/32, W/32, C4] (each after its stage norm ``norm{i}``, which is the map the next stage
@@ -154,13 +158,14 @@ class Head(nn.Module):
   dim: int = 64
   dtype: Dtype = jnp.float32
   fast_cpu: bool = False
+  frozen_bn: bool = False  # running averages in training too (ShuntedTransformer.frozen_bn)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     def bn(x, idx):
       # Statistics in float32 whatever the compute dtype; torch momentum 0.1 = flax 0.9.
-      norm = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          dtype=jnp.float32, name=f'conv_{idx}')
+      norm = nn.BatchNorm(use_running_average=not train or self.frozen_bn, momentum=0.9,
+                          epsilon=1e-5, dtype=jnp.float32, name=f'conv_{idx}')
       return norm(x.astype(jnp.float32)).astype(x.dtype)
 
     x = _conv(self.dim, 7, 2, 3, use_bias=False, dtype=self.dtype, name='conv_0')(x)
@@ -208,7 +213,7 @@ class ShuntedAttention(nn.Module):
   fast_cpu: bool = False
 
   def _attend(self, q, k, v, deterministic):
-    """q: [B, h, N, d], k / v: [B, h, M, d] -> [B, N, h*d]."""
+    """q: [B, N, h, d], k / v: [B, M, h, d] -> [B, N, h*d]."""
     if self.qk_scale is not None:  # dot_product_attention scales by d**-0.5 itself
       q = q * jnp.asarray(self.qk_scale * q.shape[-1] ** 0.5, q.dtype)
     rng = None
@@ -216,8 +221,8 @@ class ShuntedAttention(nn.Module):
       rng = self.make_rng('dropout')
     out = layers.dot_product_attention(q, k, v, dropout_rng=rng, dropout_rate=self.attn_drop,
                                        deterministic=deterministic)
-    B, h, N, d = out.shape
-    return out.transpose(0, 2, 1, 3).reshape(B, N, h * d)
+    B, N, h, d = out.shape
+    return out.reshape(B, N, h * d)
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
@@ -227,7 +232,7 @@ class ShuntedAttention(nn.Module):
     N = H * W
     dense = lambda n, name, bias=self.qkv_bias: nn.Dense(
         n, use_bias=bias, dtype=self.dtype, kernel_init=layers.dense_init, name=name)
-    q = dense(C, 'q')(x).reshape(B, N, nh, hd).transpose(0, 2, 1, 3)  # [B, nh, N, hd]
+    q = dense(C, 'q')(x).reshape(B, N, nh, hd)  # [B, N, nh, hd]: channels head-major
     if sr > 1:
       outs = []
       for idx, kernel in ((1, sr), (2, sr // 2)):
@@ -236,19 +241,19 @@ class ShuntedAttention(nn.Module):
         t = layers.gelu(layers.apply_norm(layers.layer_norm(1e-5, f'norm{idx}'), t))
         h, w = t.shape[1], t.shape[2]
         kv = dense(C, f'kv{idx}')(t).reshape(B, h * w, 2, nh // 2, hd)
-        k = kv[:, :, 0].transpose(0, 2, 1, 3)  # [B, nh/2, M, hd]
+        k = kv[:, :, 0]  # [B, M, nh/2, hd]
         v = kv[:, :, 1]  # [B, M, nh/2, hd]: channels head-major, as the official reshape
         vmap = v.reshape(B, h, w, C // 2)
         v = v + _conv(C // 2, 3, 1, 1, groups=C // 2, dtype=self.dtype, fast_cpu=self.fast_cpu,
                       name=f'local_conv{idx}')(vmap).reshape(B, h * w, nh // 2, hd)
         heads = slice(0, nh // 2) if idx == 1 else slice(nh // 2, nh)
-        outs.append(self._attend(q[:, heads], k, v.transpose(0, 2, 1, 3), deterministic))
+        outs.append(self._attend(q[:, :, heads], k, v, deterministic))
       out = jnp.concatenate(outs, axis=-1)  # [B, N, C]: coarse heads first, as torch.cat
     else:
       kv = dense(2 * C, 'kv')(x).reshape(B, N, 2, nh, hd)
-      k = kv[:, :, 0].transpose(0, 2, 1, 3)
+      k = kv[:, :, 0]
       v = kv[:, :, 1]  # [B, N, nh, hd]
-      out = self._attend(q, k, v.transpose(0, 2, 1, 3), deterministic)
+      out = self._attend(q, k, v, deterministic)
       local = _conv(C, 3, 1, 1, groups=C, dtype=self.dtype, fast_cpu=self.fast_cpu,
                     name='local_conv')(
           v.reshape(B, H, W, C))
@@ -336,6 +341,10 @@ class ShuntedTransformer(nn.Module):
   # Same function and params; avoids XLA:CPU's slow grouped / strided convs (CPU training,
   # the demo). Off by default: the FLOPs tool counts depthwise convs only as convolutions.
   fast_cpu: bool = False
+  # The stem's BatchNorms normalise with their running averages in training too and never
+  # update them (a detection backbone, as DETR's FrozenBatchNorm ResNet); False: batch
+  # statistics in training, of the global batch under one jit (synchronised BatchNorm).
+  frozen_bn: bool = False
 
   def _check(self, H: int, W: int):
     n = len(self.depths)
@@ -363,8 +372,15 @@ class ShuntedTransformer(nn.Module):
             f'input; config.input.image_size / img_size).')
 
   @nn.compact
-  def __call__(self, x, train: bool = False, return_features: bool = False):
-    """x: [B, H, W, in_chans] with H, W multiples of ``size_multiple(sr_ratios)``."""
+  def __call__(self, x, train: bool = False, return_features: bool = False,
+               mask: Optional[jax.Array] = None):
+    """x: [B, H, W, in_chans] with H, W multiples of ``size_multiple(sr_ratios)``.
+
+    mask (bool [B, H, W], True = padded pixel; as DETR's backbone passes it) is accepted and
+    not used: the attention is global and nothing is padded inside the model, so a batch's
+    padding is seen as pixels, as an mmdet backbone sees it.
+    """
+    del mask
     if x.ndim != 4 or x.shape[-1] != self.in_chans:
       raise ValueError(f'expected NHWC images [B, H, W, {self.in_chans}], got {x.shape}')
     self._check(x.shape[1], x.shape[2])
@@ -376,7 +392,7 @@ class ShuntedTransformer(nn.Module):
     for i, depth in enumerate(self.depths):
       if i == 0:
         x = Head(self.num_conv, self.embed_dims[0], self.dtype, self.fast_cpu,
-                 name='patch_embed1')(x, train)
+                 self.frozen_bn, name='patch_embed1')(x, train)
       else:
         x = OverlapPatchEmbed(self.embed_dims[i], dtype=self.dtype,
                               name=f'patch_embed{i + 1}')(x)

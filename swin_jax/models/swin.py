@@ -15,8 +15,21 @@ trace time; only O(H*W) constants are baked in, never an [N, N] matrix of the wh
 
 Input NHWC float images, normalised. Output logits [B, num_classes], or with
 ``return_features=True`` the four stage maps [B, H/4, W/4, C] ... [B, H/32, W/32, 8C] (each
-stage's norm is not applied; ``features_norm=True`` adds a LayerNorm per stage as the
-detection backbone does).
+stage's norm is not applied; ``features_norm=True`` adds the LayerNorm ``norm{i}`` per stage
+as the detection backbone does).
+
+``detection=True`` is the official detection backbone (SwinTransformer/Swin-Transformer-
+Object-Detection, ``mmdet/models/backbones/swin_transformer.py``): ``window_size`` on every
+stage and every odd block shifted by ``window_size // 2`` at any input size (a map smaller
+than the window is padded up to one window and still shifts), the shift mask built on the
+padded map of the actual input, and the stage maps of ``out_indices`` returned, each through
+its own LayerNorm ``norm{i}`` (no ``norm`` / ``head``). The official code lets zero-padded
+tokens into attention and ignores batch padding; that is the default here too
+(``mask_padding=None`` means False with ``detection=True``); ``mask_padding=True`` adds our
+masking on top (padded tokens and the pixel ``mask`` out of attention, zeroed before merging).
+Both modes have the same parameters, so an official classification checkpoint (the
+detection configs' ``pretrained=``) and an official detection checkpoint both load
+(swin_jax.convert.swin).
 """
 from __future__ import annotations
 
@@ -113,17 +126,21 @@ class WindowAttention(nn.Module):
     rel = table[relative_position_index(ws).reshape(-1)].reshape(N, N, nh).transpose(2, 0, 1)
     qkv = nn.Dense(3 * C, use_bias=self.qkv_bias, dtype=self.dtype,
                    kernel_init=layers.dense_init, name='qkv')(x)
-    qkv = qkv.reshape(B, nW, N, 3, nh, hd).transpose(3, 0, 1, 4, 2, 5)  # [3, B, nW, nh, N, hd]
-    q, k, v = qkv[0] * jnp.asarray(hd ** -0.5, qkv.dtype), qkv[1], qkv[2]
-    logits = jnp.einsum('bwhqd,bwhkd->bwhqk', q, k).astype(jnp.float32)  # [B, nW, nh, N, N]
-    logits = logits + rel[None, None]
+    qkv = qkv.reshape(B, nW, N, 3, nh, hd)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # [B, nW, N, nh, hd]
+    # One float32 bias for the logits [B, nW, nh, N, N], broadcast where it can be.
+    bias = rel[None, None]  # [1, 1, nh, N, N]
     if region_bias is not None:
-      logits = logits + region_bias[None, :, None]
+      bias = bias + region_bias[None, :, None]  # [1, nW, nh, N, N]
     if key_bias is not None:
-      logits = logits + key_bias[:, :, None, None, :]
-    attn = jax.nn.softmax(logits, axis=-1)
-    attn = nn.Dropout(self.attn_drop)(attn, deterministic=deterministic)
-    out = jnp.einsum('bwhqk,bwhkd->bwqhd', attn.astype(v.dtype), v).reshape(B, nW, N, C)
+      bias = bias + key_bias[:, :, None, None, :]  # [B, nW, nh, N, N]
+    rng = None
+    if not deterministic and self.attn_drop > 0.0:
+      rng = self.make_rng('dropout')
+    out = layers.dot_product_attention(q, k, v, bias=bias, dropout_rng=rng,
+                                       dropout_rate=self.attn_drop,
+                                       deterministic=deterministic)  # [B, nW, N, nh, hd]
+    out = out.reshape(B, nW, N, C)
     out = nn.Dense(C, dtype=self.dtype, kernel_init=layers.dense_init, name='proj')(out)
     return nn.Dropout(self.proj_drop)(out, deterministic=deterministic)
 
@@ -140,6 +157,9 @@ class SwinBlock(nn.Module):
   drop_path: float = 0.0
   norm_eps: float = 1e-5
   dtype: Dtype = jnp.float32
+  # False: the zero tokens that pad the map to whole windows take part in attention, as in
+  # the official detection code; True: they are masked out of it.
+  mask_padding: bool = True
 
   @nn.compact
   def __call__(self, x, valid: Optional[jax.Array], deterministic: bool = True):
@@ -150,7 +170,7 @@ class SwinBlock(nn.Module):
     x = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm1'), x)
     x = _pad_to(x, ws, ws)
     Hp, Wp = x.shape[1], x.shape[2]
-    if valid is None and (Hp, Wp) != (H, W):
+    if valid is None and self.mask_padding and (Hp, Wp) != (H, W):
       valid = jnp.ones((B, H, W), bool)
     key_ok = None
     if valid is not None:
@@ -236,6 +256,7 @@ class BasicLayer(nn.Module):
   downsample: bool
   norm_eps: float = 1e-5
   dtype: Dtype = jnp.float32
+  mask_padding: bool = True  # see SwinBlock
 
   @nn.compact
   def __call__(self, x, valid, deterministic: bool = True):
@@ -244,7 +265,7 @@ class BasicLayer(nn.Module):
     for j in range(self.depth):
       x = SwinBlock(self.num_heads, ws, shift if j % 2 else 0, self.mlp_ratio, self.qkv_bias,
                     self.drop, self.attn_drop, float(self.drop_path[j]), self.norm_eps,
-                    self.dtype, name=f'blocks_{j}')(x, valid, deterministic)
+                    self.dtype, self.mask_padding, name=f'blocks_{j}')(x, valid, deterministic)
     if valid is not None:
       x = x * valid[..., None].astype(x.dtype)  # padded tokens never leak into merges
     if not self.downsample:
@@ -286,6 +307,11 @@ class SwinTransformer(nn.Module):
   of the map's size and no shift (Swin-T at 224: stage 4 is one 7x7 window); a window_size a
   user forces above the first stage's map is shrunk the same way. Inputs of any other size
   are padded to these windows, so the parameters never change shape with the input.
+
+  ``detection=True``: the official detection backbone instead (module docstring): window
+  ``window_size`` with shift ``window_size // 2`` on every stage at every input size; the
+  call returns the list of ``out_indices`` stage maps, each through ``norm{i}``, whatever
+  ``return_features`` says.
   """
   img_size: Any = 224
   patch_size: int = 4
@@ -303,11 +329,22 @@ class SwinTransformer(nn.Module):
   norm_eps: float = 1e-5
   features_norm: bool = False
   dtype: Dtype = jnp.float32
+  detection: bool = False  # the official detection backbone (see above)
+  # Stages returned as features, in stage order (None: all), as mmdet's out_indices; with
+  # detection=True only these get a norm{i}.
+  out_indices: Optional[Sequence[int]] = None
+  # Mask padded tokens out of attention (and the pixel mask's padding): None = True, except
+  # with detection=True, where the official code lets them in (False).
+  mask_padding: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask: Optional[jax.Array] = None,
                return_features: bool = False):
-    """x: [B, H, W, in_chans]; mask: optional bool [B, H, W], True = padded pixel."""
+    """x: [B, H, W, in_chans]; mask: optional bool [B, H, W], True = padded pixel.
+
+    Returns logits [B, num_classes], or (``return_features`` or ``detection``) the list of
+    stage maps [B, ceil(H/(p*2^i)), ceil(W/(p*2^i)), embed_dim*2^i] of ``out_indices``.
+    """
     if len(self.depths) != len(self.num_heads):
       raise ValueError(f'depths {tuple(self.depths)} and num_heads {tuple(self.num_heads)} '
                        f'must have the same length')
@@ -320,30 +357,40 @@ class SwinTransformer(nn.Module):
                        f'least {p}x{p} pixels (resize the input; config.input.image_size).')
     if self.window_size < 1:
       raise ValueError(f'window_size={self.window_size} must be >= 1')
+    n = len(self.depths)
+    out_indices = tuple(range(n)) if self.out_indices is None else tuple(self.out_indices)
+    if not out_indices or any(not 0 <= int(i) < n for i in out_indices):
+      raise ValueError(f'out_indices={self.out_indices}: give stage indices in 0..{n - 1} '
+                       f'(one per returned map), or None for all {n} stages')
+    mask_padding = (not self.detection) if self.mask_padding is None else self.mask_padding
     deterministic = not train
     x = PatchEmbed(p, self.embed_dim, self.norm_eps, self.dtype, name='patch_embed')(
         x.astype(self.dtype))  # [B, H/p, W/p, C]
     h, w = x.shape[1], x.shape[2]
     valid = None
-    if mask is not None:
-      # A token is real if its top-left pixel is (padding is at the bottom / right).
+    if mask is not None and mask_padding:
+      # A token is real if its top-left pixel is (padding is at the bottom / right). Without
+      # mask_padding the padded pixels are fed like real ones, as mmdet's batch padding.
       valid = ~jnp.asarray(mask, bool)[:, ::p, ::p][:, :h, :w]
     x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
 
     dpr = np.linspace(0.0, self.drop_path_rate, int(sum(self.depths)))
     starts = np.cumsum([0] + list(self.depths))
-    windows = stage_windows(self.img_size, p, self.window_size, len(self.depths))
+    if self.detection:  # the official detection rule: one window size, every stage shifts
+      windows = [(self.window_size, self.window_size // 2)] * n
+    else:
+      windows = stage_windows(self.img_size, p, self.window_size, n)
+    return_features = return_features or self.detection
     features = []
-    n = len(self.depths)
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
       out, merged, valid_next = BasicLayer(
           depth, heads, windows[i][0], windows[i][1], self.mlp_ratio, self.qkv_bias, self.drop_rate,
           self.attn_drop_rate, tuple(dpr[starts[i]:starts[i + 1]]), i < n - 1, self.norm_eps,
-          self.dtype, name=f'layers_{i}')(x, valid, deterministic)
-      if return_features:
+          self.dtype, mask_padding, name=f'layers_{i}')(x, valid, deterministic)
+      if return_features and i in out_indices:
         f = out
-        if self.features_norm:
-          f = layers.apply_norm(layers.layer_norm(self.norm_eps, f'features_norm_{i}'), f)
+        if self.features_norm or self.detection:  # mmdet's names: norm0 .. norm3
+          f = layers.apply_norm(layers.layer_norm(self.norm_eps, f'norm{i}'), f)
         features.append(f.astype(jnp.float32))
       if i < n - 1:
         x, valid = merged, valid_next

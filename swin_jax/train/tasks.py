@@ -25,7 +25,7 @@ import optax
 
 from swin_jax.data import detection_pipeline, input_pipeline
 from swin_jax.data import mixup as mixup_lib
-from swin_jax.detection.criterion import SetCriterion
+from swin_jax.detection.criterion import SetCriterion, class_scores
 from swin_jax.evaluation import coco, predictor
 
 log = logging.getLogger('swin_jax')
@@ -208,11 +208,37 @@ class _SumEvaluator:
     return self._summarize(self._sums)
 
 
+def focal_options(loss_cfg):
+  """config.loss.classification / focal_alpha / focal_gamma -> SetCriterion's ``focal``:
+  None (DETR's softmax cross-entropy) or (alpha, gamma) (Deformable DETR's sigmoid focal)."""
+  get = lambda k, d: loss_cfg.get(k, d) if loss_cfg else d
+  kind = get('classification', 'softmax')
+  if kind == 'softmax':
+    return None
+  if kind != 'focal':
+    raise ValueError(f"config.loss.classification={kind!r}: use 'softmax' (DETR) or "
+                     f"'focal' (Deformable DETR's sigmoid focal loss and matching cost).")
+  alpha, gamma = float(get('focal_alpha', 0.25)), float(get('focal_gamma', 2.0))
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f'config.loss.focal_alpha={alpha} must be in [0, 1] (Deformable DETR: '
+                     f'0.25).')
+  if gamma < 0:
+    raise ValueError(f'config.loss.focal_gamma={gamma} must be >= 0 (Deformable DETR: 2).')
+  return alpha, gamma
+
+
 class DetectionTask:
   """DETR: Hungarian set loss (``SetCriterion``) in training, COCO AP (pycocotools) in eval.
 
   config.loss: matcher ('hungarian' | 'greedy' | 'scipy'), eos_coef, ce / bbox / giou
   (loss weights), cost_class / cost_bbox / cost_giou (matching costs). DETR: 1, 5, 2 both.
+  classification: 'softmax' (DETR) or 'focal' (Deformable DETR's sigmoid focal loss and
+  focal matching cost with focal_alpha / focal_gamma, 0.25 / 2; its weights: ce 2,
+  cost_class 2): the eval scores are then max_c sigmoid(logit_c), the no-object column
+  ignored (the detection count per image stays Q, one label per query; Deformable DETR's
+  PostProcess takes the top 100 of all query x class pairs instead).
+  config.model.dn_groups > 0 (DN-DETR denoising queries): the model gets the ground truth
+  in training (``model_kwargs``) and the criterion adds the ``*_dn`` losses.
   config.eval.annotation_file: an official COCO json (e.g. instances_val2017.json) for the
   ground truth; empty = rebuilt from the tfds records of the eval split.
   """
@@ -223,12 +249,16 @@ class DetectionTask:
     lc = config.get('loss', {})
     get = lambda k, d: lc.get(k, d) if lc else d
     self.num_classes = int(config.model.num_classes)
+    self.focal = focal_options(lc)
+    self.dn = int(config.model.get('dn_groups', 0) or 0) > 0
     self.criterion = SetCriterion(
         self.num_classes, matcher=get('matcher', 'hungarian'), eos_coef=get('eos_coef', 0.1),
         weights={'ce': get('ce', 1.0), 'bbox': get('bbox', 5.0), 'giou': get('giou', 2.0)},
         cost_weights={'class_': get('cost_class', 1.0), 'bbox': get('cost_bbox', 5.0),
                       'giou': get('cost_giou', 2.0)},
-        aux_loss=bool(config.model.get('aux_loss', True)))
+        aux_loss=bool(config.model.get('aux_loss', True)), focal=self.focal)
+    self.logged = LOGGED_DETECTION_METRICS + (
+        ('loss_ce_dn', 'loss_bbox_dn', 'loss_giou_dn') if self.dn else ())
     self._groundtruth: Dict[str, Any] = {}
 
   # ------------------------------------------------------------------ data
@@ -249,13 +279,16 @@ class DetectionTask:
     return (jnp.zeros((1, h, w, 3), jnp.float32),), {'mask': jnp.zeros((1, h, w), bool)}
 
   def model_kwargs(self, batch) -> Dict[str, Any]:
-    return {'mask': batch['image_mask']}
+    kwargs = {'mask': batch['image_mask']}
+    if self.dn and 'labels' in batch:  # DN-DETR's noised ground-truth queries (train only)
+      kwargs['targets'] = {k: batch[k] for k in ('labels', 'boxes', 'valid')}
+    return kwargs
 
   # ------------------------------------------------------------------ loss
   def loss(self, outputs, batch):
     targets = {'labels': batch['labels'], 'boxes': batch['boxes'], 'valid': batch['valid']}
     loss, metrics = self.criterion(outputs, targets)
-    return loss, {k: metrics[k] for k in LOGGED_DETECTION_METRICS}
+    return loss, {k: metrics[k] for k in self.logged}
 
   # ------------------------------------------------------------------ eval
   def eval_outputs(self, outputs, batch):
@@ -263,6 +296,9 @@ class DetectionTask:
     query, with the image ids and the real-example mask of the (global) batch."""
     scores, labels, boxes = coco.postprocess(outputs['pred_logits'], outputs['pred_boxes'],
                                         batch['orig_size'])
+    if self.focal is not None:  # sigmoid scores: the no-object column is untrained
+      prob = class_scores(outputs['pred_logits'], focal=True)
+      scores, labels = prob.max(axis=-1), prob.argmax(axis=-1).astype(jnp.int32)
     return {'scores': scores, 'labels': labels, 'boxes': boxes,
             'image_id': batch['image_id'], 'mask': batch['mask']}
 

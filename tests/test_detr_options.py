@@ -1,0 +1,387 @@
+"""DETR's fast-convergence options (each off by default): fused attention with masks,
+Deformable DETR's sigmoid focal loss and focal matching cost, DN-DETR's denoising queries.
+
+References are written out here in numpy (the focal loss and Deformable DETR's
+``pos_cost_class - neg_cost_class``, softmax attention) or by hand (the DN attention mask).
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from swin_jax.detection import criterion as crit
+from swin_jax.models import create_model
+from swin_jax.models import detr as detr_lib
+from swin_jax.train import tasks
+
+
+# ---------------------------------------------------------------- attention
+
+
+def _np_attention(params, q_in, k_in, v_in, heads, allowed):
+  """Softmax attention of torch's MHA in numpy: allowed bool [B, h, Lq, Lk] or None."""
+  w, b = (np.asarray(params['in_proj'][k], np.float64) for k in ('kernel', 'bias'))
+  d = w.shape[0]
+  q, k, v = (x @ w[:, i * d:(i + 1) * d] + b[i * d:(i + 1) * d]
+             for i, x in enumerate((q_in, k_in, v_in)))
+  B, Lq, Lk, hd = q.shape[0], q.shape[1], k.shape[1], d // heads
+  q = q.reshape(B, Lq, heads, hd).transpose(0, 2, 1, 3)
+  k = k.reshape(B, Lk, heads, hd).transpose(0, 2, 1, 3)
+  v = v.reshape(B, Lk, heads, hd).transpose(0, 2, 1, 3)
+  logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
+  if allowed is not None:
+    logits = np.where(allowed, logits, -np.inf)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p = p / p.sum(-1, keepdims=True)
+  out = (p @ v).transpose(0, 2, 1, 3).reshape(B, Lq, d)
+  return out @ np.asarray(params['out_proj']['kernel']) + np.asarray(params['out_proj']['bias'])
+
+
+@pytest.fixture(scope='module')
+def mha():
+  rng = np.random.default_rng(0)
+  B, Lq, Lk, d, h = 2, 5, 7, 16, 4
+  q = rng.normal(size=(B, Lq, d)).astype(np.float32)
+  kv = rng.normal(size=(B, Lk, d)).astype(np.float32)
+  kpm = np.zeros((B, Lk), bool)
+  kpm[0, 5:] = True  # image 0: last two keys padded
+  am = rng.random((Lq, Lk)) > 0.4
+  am[:, 0] = True  # every query keeps one key
+  module = detr_lib.MultiheadAttention(d, h)
+  params = jax.jit(module.init)(jax.random.key(0), q, kv, kv)["params"]
+  return module, params, q, kv, kpm, am, h
+
+
+@pytest.mark.parametrize('impl', ['explicit', 'xla'])  # the CPU and the TPU formulation
+def test_attention_masks_match_numpy(mha, impl, monkeypatch):
+  monkeypatch.setattr(detr_lib, '_fused_attention_backend', lambda: impl)
+  module, params, q, kv, kpm, am, h = mha
+  allowed = (~kpm)[:, None, None, :] & am[None, None]
+  fn = jax.jit(lambda q, kv, kpm, am: module.apply({'params': params}, q, kv, kv, kpm,
+                                                    attn_mask=am))
+  got = np.asarray(fn(q, kv, kpm, am))
+  want = _np_attention(params, q, kv, kv, h, np.broadcast_to(allowed, (2, h, 5, 7)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # the mask matters (guards against an ignored attn_mask)
+  unmasked = _np_attention(params, q, kv, kv, h, None)
+  assert np.max(np.abs(got - unmasked)) > 1e-2
+  # a per-head, per-image [B, h, Lq, Lk] mask is taken too
+  am4 = np.broadcast_to(am, (2, h, 5, 7)).copy()
+  am4[1, 2, :, 1:] = False
+  got4 = np.asarray(module.apply({'params': params}, q, kv, kv, kpm, attn_mask=am4))
+  np.testing.assert_allclose(got4, _np_attention(params, q, kv, kv, h, (~kpm)[:, None, None]
+                                                 & am4), rtol=1e-5, atol=1e-5)
+
+
+def test_explicit_dropout_path_equals_fused_and_bf16_softmax(mha):
+  module, params, q, kv, kpm, am, h = mha
+  allowed = (~kpm)[:, None, None, :] & am[None, None]
+  # the training path (dropout active) with its dropout replaced by the identity
+  d = q.shape[-1]
+  w, b = params['in_proj']['kernel'], params['in_proj']['bias']
+  split = lambda x, i: (x @ w[:, i * d:(i + 1) * d] + b[i * d:(i + 1) * d]).reshape(
+      x.shape[0], x.shape[1], h, d // h)
+  out = detr_lib._explicit_attention(split(q, 0), split(kv, 1), split(kv, 2), allowed,
+                                     (d // h) ** -0.5, jnp.float32,
+                                     lambda a, deterministic: a)
+  out = out.reshape(2, 5, d) @ params['out_proj']['kernel'] + params['out_proj']['bias']
+  want = _np_attention(params, q, kv, kv, h, np.broadcast_to(allowed, (2, h, 5, 7)))
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
+  # dropout on: the explicit path runs (rate 0.5 zeroes weights: output changes)
+  drop = detr_lib.MultiheadAttention(d, h, dropout=0.5)
+  got = drop.apply({'params': params}, q, kv, kv, kpm, False, am,
+                   rngs={'dropout': jax.random.key(3)})
+  assert np.isfinite(np.asarray(got)).all() and np.max(np.abs(np.asarray(got) - want)) > 1e-3
+  # bf16 compute: matmuls bf16, softmax float32: within bf16 rounding of the reference
+  bf = detr_lib.MultiheadAttention(d, h, dtype=jnp.bfloat16)
+  got = bf.apply({'params': params}, q, kv, kv, kpm, attn_mask=am)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=0.06)
+
+
+# ---------------------------------------------------------------- focal loss and cost
+
+ALPHA, GAMMA = 0.25, 2.0
+
+
+def _np_focal(x, t, alpha=ALPHA, gamma=GAMMA):
+  x, t = np.asarray(x, np.float64), np.asarray(t, np.float64)
+  p = 1 / (1 + np.exp(-x))
+  ce = -(t * np.log(p) + (1 - t) * np.log(1 - p))
+  p_t = p * t + (1 - p) * (1 - t)
+  return (alpha * t + (1 - alpha) * (1 - t)) * ce * (1 - p_t) ** gamma
+
+
+def _np_focal_cost(logits, labels, alpha=ALPHA, gamma=GAMMA):
+  """Deformable DETR's matcher: pos_cost_class[:, tgt] - neg_cost_class[:, tgt]."""
+  p = 1 / (1 + np.exp(-np.asarray(logits, np.float64)[..., :-1]))  # [B, Q, C]
+  neg = (1 - alpha) * p ** gamma * -np.log(1 - p + 1e-8)
+  pos = alpha * (1 - p) ** gamma * -np.log(p + 1e-8)
+  return np.stack([(pos - neg)[b][:, labels[b]] for b in range(len(labels))])
+
+
+@pytest.fixture(scope='module')
+def det_case():
+  rng = np.random.default_rng(1)
+  B, Q, T, C = 2, 6, 3, 4
+  logits = (rng.normal(size=(B, Q, C + 1)) * 2).astype(np.float32)
+  boxes = np.concatenate([rng.uniform(0.3, 0.7, (B, Q, 2)), rng.uniform(0.1, 0.4, (B, Q, 2))],
+                         -1).astype(np.float32)
+  tlabels = rng.integers(0, C, (B, T)).astype(np.int32)
+  tboxes = np.concatenate([rng.uniform(0.3, 0.7, (B, T, 2)), rng.uniform(0.1, 0.4, (B, T, 2))],
+                          -1).astype(np.float32)
+  valid = np.array([[True, True, False], [True, True, True]])
+  return logits, boxes, tlabels, tboxes, valid, C
+
+
+def test_focal_loss_elementwise_matches_numpy():
+  x = np.linspace(-8, 8, 41, dtype=np.float32)[:, None].repeat(2, 1)
+  t = np.array([0.0, 1.0], np.float32)[None].repeat(41, 0)
+  np.testing.assert_allclose(np.asarray(crit.sigmoid_focal_loss(x, t, ALPHA, GAMMA)),
+                             _np_focal(x, t), rtol=1e-5, atol=1e-7)
+
+
+def test_focal_cost_matches_deformable_formula(det_case):
+  logits, boxes, tlabels, tboxes, valid, C = det_case
+  want = _np_focal_cost(logits, tlabels)
+
+  @jax.jit
+  def costs(logits, boxes, tlabels, tboxes):
+    return (crit.focal_class_cost(logits, tlabels, ALPHA, GAMMA),
+            crit.matching_cost(logits, boxes, tlabels, tboxes, 2.0, 5.0, 2.0, (ALPHA, GAMMA)),
+            crit.matching_cost(logits, boxes, tlabels, tboxes, 0.0, 5.0, 2.0))
+  got, full, boxes_only = costs(logits, boxes, tlabels, tboxes)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  # inside the full cost: weight 2 on the focal term, the box terms as DETR's
+  np.testing.assert_allclose(np.asarray(full - boxes_only), 2.0 * want, rtol=1e-5, atol=1e-5)
+
+
+def test_focal_set_loss_matches_numpy(det_case):
+  logits, boxes, tlabels, tboxes, valid, C = det_case
+  c = crit.SetCriterion(C, weights=crit.FOCAL_WEIGHTS, cost_weights=crit.FOCAL_COST_WEIGHTS,
+                        aux_loss=False, focal=(ALPHA, GAMMA))
+  tg = {'labels': tlabels, 'boxes': tboxes, 'valid': valid}
+
+  @jax.jit
+  def run(logits):  # one compile: loss, metrics, matching, cost, gradient
+    loss = lambda l: c({'pred_logits': l, 'pred_boxes': boxes}, tg)
+    (total, m), g = jax.value_and_grad(loss, has_aux=True)(logits)
+    cost = crit.matching_cost(logits, boxes, tlabels, tboxes, 2.0, 5.0, 2.0, (ALPHA, GAMMA))
+    return total, m, c.match({'pred_logits': logits, 'pred_boxes': boxes}, tg), cost, g
+  total, m, idx, cost, g = run(jnp.asarray(logits))
+  pred_idx, tgt_idx, pair_valid = (np.asarray(a) for a in idx)
+  onehot = np.zeros(logits.shape[:2] + (C,))
+  for b in range(2):
+    for p, t, ok in zip(pred_idx[b], tgt_idx[b], pair_valid[b]):
+      if ok:
+        onehot[b, p, tlabels[b, t]] = 1
+  num_boxes = valid.sum()
+  # Deformable DETR: focal.mean(1).sum() / num_boxes * Q == sum over all / num_boxes
+  want_ce = _np_focal(logits[..., :-1], onehot).mean(1).sum() / num_boxes * logits.shape[1]
+  np.testing.assert_allclose(float(m['loss_ce']), want_ce, rtol=1e-5)
+  np.testing.assert_allclose(float(total), 2 * want_ce + 5 * float(m['loss_bbox'])
+                             + 2 * float(m['loss_giou']), rtol=1e-5)
+  # the matching is the optimum of the focal cost (scipy)
+  import scipy.optimize
+  cost = np.asarray(cost)
+  for b in range(2):
+    r, cc = scipy.optimize.linear_sum_assignment(cost[b][:, valid[b]])
+    mine = sorted((p, t) for p, t, ok in zip(pred_idx[b], tgt_idx[b], pair_valid[b]) if ok)
+    assert mine == sorted(zip(r, np.flatnonzero(valid[b])[cc]))
+  # the no-object column gets no gradient under focal
+  assert np.all(np.asarray(g)[..., -1] == 0) and np.any(np.asarray(g)[..., :-1] != 0)
+
+
+def test_loss_config_fields_are_checked():
+  cfg = lambda **kw: ml_collections.ConfigDict({'classification': 'softmax', **kw})
+  assert tasks.focal_options(cfg()) is None
+  assert tasks.focal_options(cfg(classification='focal')) == (0.25, 2.0)
+  with pytest.raises(ValueError, match='config.loss.classification'):
+    tasks.focal_options(cfg(classification='sigmoid'))
+  with pytest.raises(ValueError, match='config.loss.focal_alpha'):
+    tasks.focal_options(cfg(classification='focal', focal_alpha=1.5))
+  with pytest.raises(ValueError, match='config.model.dn_groups'):
+    create_model('detr_resnet50', dn_groups=-1).init(jax.random.key(0),
+                                                    jnp.zeros((1, 32, 32, 3)))
+
+
+# ---------------------------------------------------------------- denoising queries
+
+
+def test_dn_attention_mask_written_out():
+  # 2 matching queries (m), 2 groups (a, b) of 2 dn queries; rows attend to columns.
+  #                m m a a b b
+  want = np.array([[1, 1, 0, 0, 0, 0],   # m: matching only
+                   [1, 1, 0, 0, 0, 0],
+                   [1, 1, 1, 1, 0, 0],   # a: matching + own group
+                   [1, 1, 1, 1, 0, 0],
+                   [1, 1, 0, 0, 1, 1],   # b
+                   [1, 1, 0, 0, 1, 1]], bool)
+  np.testing.assert_array_equal(np.asarray(detr_lib.dn_attention_mask(2, 2, 2)), want)
+  # second target of each group padded: its column hidden from every row
+  got = np.asarray(detr_lib.dn_attention_mask(2, 2, 2, np.array([[True, False, True, False]])))
+  want_p = want.copy()
+  want_p[:, [3, 5]] = False
+  np.testing.assert_array_equal(got[0, 0], want_p)
+
+
+def test_dn_noise_statistics():
+  B, T, G, C, lam = 4, 250, 5, 10, 0.4
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, C, (B, T)).astype(np.int32)
+  wh = rng.uniform(0.05, 0.3, (B, T, 2))
+  boxes = np.concatenate([rng.uniform(0.35, 0.65, (B, T, 2)), wh], -1).astype(np.float32)
+  valid = np.ones((B, T), bool)
+  valid[:, -50:] = False
+  nl, nb, gl, gb, dv = (np.asarray(a) for a in jax.jit(
+      detr_lib.dn_noise, static_argnums=(4, 5))(jax.random.key(0), labels, boxes, valid,
+                                               G, C, 0.2, lam))
+  assert nl.shape == (B, G * T) and nb.shape == (B, G * T, 4)
+  np.testing.assert_array_equal(gl[:, :T][valid], labels[valid])  # group 0 = the targets
+  np.testing.assert_array_equal(gl, np.tile(np.where(valid, labels, 0), (1, G)))
+  np.testing.assert_array_equal(dv, np.tile(valid, (1, G)))
+  n = dv.sum()
+  # label: replaced with p 0.2 by a uniform class, so it differs with p 0.2 * (C - 1) / C
+  p_flip = 0.2 * (C - 1) / C
+  flips = (nl != gl)[dv].mean()
+  assert abs(flips - p_flip) < 4 * np.sqrt(p_flip * (1 - p_flip) / n), flips
+  assert np.all(nl[~dv] == 0)
+  # boxes: centre shift within +-lam * w / 2, size change within +-lam * w, both uniform
+  nb, gb = nb[dv], gb[dv]
+  u_c = (nb[:, :2] - gb[:, :2]) / (lam * gb[:, 2:] / 2)
+  u_s = (nb[:, 2:] - gb[:, 2:]) / (lam * gb[:, 2:])
+  for u in (u_c, u_s):  # no clipping here (boxes well inside the image)
+    assert np.abs(u).max() <= 1 + 1e-5
+    assert abs(u.mean()) < 4 * np.sqrt(1 / 3 / u.size)
+    assert abs(u.var() - 1 / 3) < 0.02  # U(-1, 1): var 1/3; sd of the estimate ~0.002
+  assert (nb >= 0).all() and (nb <= 1).all()
+
+
+TINY = dict(backbone_depths=(1,), backbone_width=8, backbone_norm='group',
+            hidden_dim=32, nheads=4, enc_layers=1, dec_layers=2, dim_feedforward=64,
+            num_queries=5, num_classes=4, dropout=0.0, dn_groups=3, class_prior_prob=0.01)
+
+
+def _targets(pad_label=0, pad_box=0.5):
+  labels = np.array([[1, 3, pad_label], [2, pad_label, pad_label]], np.int32)
+  boxes = np.full((2, 3, 4), pad_box, np.float32)
+  boxes[0, :2] = [[0.3, 0.4, 0.2, 0.3], [0.6, 0.6, 0.3, 0.2]]
+  boxes[1, 0] = [0.5, 0.5, 0.4, 0.4]
+  valid = np.array([[True, True, False], [True, False, False]])
+  return {'labels': labels, 'boxes': boxes, 'valid': valid}
+
+
+def _other_targets():
+  """Other real ground truth (labels, boxes, count) than ``_targets``."""
+  t = _targets()
+  t['labels'] = np.array([[0, 2, 1], [3, 3, 0]], np.int32)
+  t['boxes'] = np.array([[[0.7, 0.2, 0.3, 0.3], [0.2, 0.8, 0.2, 0.2], [0.5, 0.5, 0.5, 0.6]],
+                         [[0.4, 0.3, 0.2, 0.5], [0.6, 0.6, 0.3, 0.3], [0.5, 0.5, 0.1, 0.1]]],
+                        np.float32)
+  t['valid'] = np.array([[True, True, True], [True, True, False]])
+  return t
+
+
+@pytest.fixture(scope='module')
+def dn_run():
+  """One compiled training pass of the tiny DN model, run on three target sets, and one
+  compiled focal criterion (loss + gradient w.r.t. the dn predictions, at the real dn
+  predictions and with garbage in the padded slots)."""
+  model = create_model('detr_resnet50', **TINY)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 32, 32, 3)), jnp.float32)
+  # init and the training pass in one compiled program (the same keys: the same weights)
+  train = jax.jit(lambda tg: model.init_with_output(
+      {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x, train=True,
+      targets=tg))
+  runs = [jax.tree.map(np.asarray, train(t))
+          for t in (_targets(), _targets(pad_label=3, pad_box=0.9), _other_targets())]
+  outs, variables = [r[0] for r in runs], runs[0][1]
+  infer = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  criterion = crit.SetCriterion(TINY['num_classes'], focal=(ALPHA, GAMMA), aux_loss=False)
+
+  @jax.jit
+  def losses(out, tg):
+    def total(logits, boxes):
+      dn = dict(out['dn_outputs'], pred_logits=logits, pred_boxes=boxes)
+      return criterion(dict(out, dn_outputs=dn), tg)[0]
+    lg, bx = out['dn_outputs']['pred_logits'], out['dn_outputs']['pred_boxes']
+    pad = ~out['dn_outputs']['valid'][None, :, :, None]
+    t0, (gl, gb) = jax.value_and_grad(total, argnums=(0, 1))(lg, bx)
+    t1 = total(jnp.where(pad, 50.0, lg), jnp.where(pad, 0.0, bx))
+    return t0, t1, gl, gb
+  return outs, infer, jax.tree.map(np.asarray, losses(outs[0], _targets())), variables
+
+
+def test_dn_queries_hidden_from_matching_and_padding_inert(dn_run):
+  (out, junk, other), infer, _, variables = dn_run
+  dn = out['dn_outputs']
+  assert dn['pred_logits'].shape == (2, 2, 3 * 3, 5) and dn['valid'].shape == (2, 9)
+  assert 'dn_outputs' not in infer  # dropped at inference
+  # class_prior_prob=0.01: every class logit's bias starts at -log(99) (Deformable DETR)
+  np.testing.assert_allclose(variables['params']['class_embed']['bias'], -np.log(99.0),
+                             rtol=1e-6)
+  # the matching queries never see the dn queries: other ground truth (so other dn
+  # queries, another count of them) leaves their outputs unchanged (dropout is 0)
+  assert np.abs(other['dn_outputs']['pred_boxes'] - dn['pred_boxes']).max() > 1e-3
+  np.testing.assert_allclose(other['pred_logits'], out['pred_logits'], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(other['pred_boxes'], out['pred_boxes'], rtol=1e-5, atol=1e-6)
+  # junk in the padding targets changes nothing: padded dn queries influence no output
+  v = dn['valid']
+  np.testing.assert_allclose(junk['dn_outputs']['pred_boxes'][:, v], dn['pred_boxes'][:, v],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_dn_loss_matches_numpy_and_padding_contributes_nothing(dn_run):
+  (out, _, _), _, (t0, t1, gl, gb), _ = dn_run
+  dn = out['dn_outputs']
+  v = dn['valid']
+  n = v.sum()
+  lg, pb, tb = dn['pred_logits'][-1][v], dn['pred_boxes'][-1][v], dn['boxes'][v]
+  lab = dn['labels'][v]
+  z = lg - lg.max(-1, keepdims=True)
+  want_ce = {None: -(z[np.arange(len(lab)), lab] - np.log(np.exp(z).sum(-1))),
+             (ALPHA, GAMMA): _np_focal(lg[:, :-1], np.eye(lg.shape[-1] - 1)[lab]).sum(-1)}
+  dn_fn = jax.jit(crit.dn_losses, static_argnums=6)
+  for focal, ce in want_ce.items():
+    got = dn_fn(dn['pred_logits'][-1], dn['pred_boxes'][-1], dn['labels'], dn['boxes'], v,
+                float(n), focal)
+    np.testing.assert_allclose(float(got['loss_ce']), ce.sum() / n, rtol=1e-5)
+    np.testing.assert_allclose(float(got['loss_bbox']), np.abs(pb - tb).sum() / n, rtol=1e-5)
+  # padded dn queries: garbage predictions there change no loss and get no gradient
+  np.testing.assert_allclose(float(t0), float(t1), rtol=1e-6)
+  assert np.all(gl[:, ~v] == 0) and np.all(gb[:, ~v] == 0)
+  assert np.any(gl[:, v] != 0) and np.any(gb[:, v] != 0)
+
+
+def test_detection_task_wires_focal_and_dn():
+  from configs import common
+  c = common.detection_config()
+  c.model.num_classes = 4
+  c.loss.classification = 'focal'
+  c.model.dn_groups = 2
+  task = tasks.DetectionTask(c)
+  assert task.criterion.focal == (0.25, 2.0) and 'loss_ce_dn' in task.logged
+  batch = dict(_targets(), image_mask=np.zeros((2, 8, 8), bool))
+  assert set(task.model_kwargs(batch)['targets']) == {'labels', 'boxes', 'valid'}
+  # default config: DETR exactly (softmax, no dn, no targets passed to the model)
+  d = tasks.DetectionTask(common.detection_config())
+  assert d.criterion.focal is None and 'targets' not in d.model_kwargs(batch)
+
+
+def test_fast_coco_configs():
+  from conftest import load_config
+  from swin_jax.train import loop, validate
+  want = {'focal': ('detr_resnet50_dc5', 300, 0, 'focal'),
+          'dn': ('detr_resnet50', 100, 5, 'softmax'),
+          'focal+dn': ('detr_resnet50', 300, 5, 'focal')}
+  for arg, (name, queries, groups, cls) in want.items():
+    c = load_config('configs/detr/detr_fast.py', arg)
+    validate.check_config(c)
+    model = loop.model_from_config(c)
+    assert (model.__class__.__name__, model.num_queries, model.dn_groups) == ('DETR', queries,
+                                                                              groups)
+    assert c.model.name == name and c.loss.classification == cls
+    assert (c.loss.ce, c.loss.cost_class) == ((2.0, 2.0) if cls == 'focal' else (1.0, 1.0))
+    assert c.num_epochs == 50 and c.schedule.decay_epochs == (40,)
+    assert model.class_prior_prob == (0.01 if cls == 'focal' else 0.0)
