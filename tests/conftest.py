@@ -91,3 +91,14 @@ def run_main(args, cwd=ROOT, env=None, timeout=600):
   return subprocess.run([sys.executable, '-m', 'swin_jax.main', *args], cwd=cwd,
                         capture_output=True, text=True, timeout=timeout,
                         env=dict(os.environ, **(env or {})))
+
+
+def jaxpr_eqns(jaxpr):
+  """All equations of a jaxpr, recursing into sub-jaxprs (pjit, custom_jvp, scan, vmap ...)."""
+  for e in jaxpr.eqns:
+    yield e
+    for p in e.params.values():
+      for sub in (p if isinstance(p, (tuple, list)) else [p]):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from jaxpr_eqns(inner)

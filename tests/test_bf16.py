@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_config, set_fields
+from conftest import jaxpr_eqns, load_config, set_fields
 from swin_jax.models.build import model_from_config, trainable_from_config
 from swin_jax.tools.benchmark import detection_targets
 from swin_jax.train import optimizers
@@ -78,17 +78,6 @@ def _setup(family):
   return create, bf16, f32, batch
 
 
-def _eqns(jaxpr):
-  """Every equation of a jaxpr and of its sub-jaxprs (jit, custom_vjp, scan, vmap...)."""
-  for e in jaxpr.eqns:
-    yield e
-    for p in e.params.values():
-      for sub in (p if isinstance(p, (tuple, list)) else [p]):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          yield from _eqns(inner)
-
-
 def _dtypes(e):
   return [str(v.aval.dtype) for v in e.invars if hasattr(v, 'aval')]
 
@@ -100,7 +89,7 @@ def test_bf16_train_step_dtype_policy(family):
   with jax.set_mesh(shd.create_mesh()):
     closed = jax.make_jaxpr(bf16)(state, batch)
     new_state, metrics = jax.eval_shape(bf16, state, batch)
-  eqns = list(_eqns(closed.jaxpr))
+  eqns = list(jaxpr_eqns(closed.jaxpr))
   by = lambda *names: [e for e in eqns if e.primitive.name in names]
 
   # Matmuls and convolutions, forward and backward: bf16 operands (or float32 ones under

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jaxpr_eqns
 from swin_jax.models import layers
 
 
@@ -112,17 +113,6 @@ def test_bfloat16_logits_and_softmax_are_float32(impl):
   assert all(str(x.aval.dtype) == 'bfloat16' for e in dots for x in e.invars)
   exps = [e for e in jaxpr_eqns(jaxpr) if e.primitive.name == 'exp']
   assert exps and all(str(e.outvars[0].aval.dtype) == 'float32' for e in exps)
-
-
-def jaxpr_eqns(jaxpr):
-  """All equations of a jaxpr, recursing into sub-jaxprs (pjit, custom_jvp, vmap ...)."""
-  for e in jaxpr.eqns:
-    yield e
-    for p in e.params.values():
-      for sub in (p if isinstance(p, (tuple, list)) else [p]):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          yield from jaxpr_eqns(inner)
 
 
 def test_attention_dropout_takes_the_einsum_path():
