@@ -43,6 +43,11 @@ def get_config():
   c.model.img_size = c.input.get_ref('image_size')
   c.model.drop_path_rate = 0.0
   c.model.dtype = 'float32'  # compute dtype; params stay float32. 'bfloat16' on TPU/GPU.
+  # ViT / Swin / Shunted: blocks as one nn.scan (stacked params; faster compiles) and
+  # rematerialisation 'none' | 'full' | a jax.checkpoint_policies name (README "Scan and
+  # remat"). None: the model's default (off); not passed to models without them (DETR).
+  c.model.scan_blocks = config_dict.placeholder(bool)
+  c.model.remat = config_dict.placeholder(str)
 
   c.batch_size = 1024  # global, over all devices and hosts
   c.eval_batch_size = 1024
@@ -214,6 +219,9 @@ def detection_config():
   c.model.dn_groups = 0
   c.model.dn_label_noise = 0.2
   c.model.dn_box_noise = 0.4
+  # Group DETR: K groups of num_queries queries in training, each matched one-to-one on its
+  # own (1 = off; the paper: 11); inference keeps group 0.
+  c.model.group_detr = 1
   # > 0: class_embed bias -log((1 - p) / p) (Deformable DETR with its focal loss: 0.01)
   c.model.class_prior_prob = 0.0
 
@@ -232,6 +240,12 @@ def detection_config():
   # Official numbers: point this at annotations/instances_val2017.json (the ground truth
   # rebuilt from tfds rounds areas to integers).
   c.eval.annotation_file = ''
+  # Prediction pictures (config.num_prediction_images > 0, and swin_jax.predict): draw the
+  # detections with score >= threshold, best first, at most draw_max_detections per image.
+  # None: 0.7 for softmax scores (DETR's demo notebook), 0.3 for focal sigmoid scores
+  # (DINO's inference notebook). No NMS: the pictures show what COCO AP scores.
+  c.eval.draw_score_threshold = config_dict.placeholder(float)
+  c.eval.draw_max_detections = 10
 
   c.batch_size = 64
   c.eval_batch_size = 64
@@ -247,5 +261,7 @@ def detection_config():
   c.schedule.decay_rate = 0.1
   c.checkpoint.every_steps = 2000
   c.log_every_steps = 100
-  c.num_prediction_images = 0  # > 0: draw predictions on that many eval images at the end
+  # > 0: after each evaluation, that many eval images with ground truth and predictions in
+  # one grid, <workdir>/predictions/step_<N>.png and TensorBoard's eval/predictions image.
+  c.num_prediction_images = 0
   return c

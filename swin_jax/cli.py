@@ -22,8 +22,10 @@ A TF_CPP_MIN_LOG_LEVEL the user has set (0 to debug TensorFlow or XLA) is kept.
 """
 from __future__ import annotations
 
+import ast
 import logging
 import os
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 # 1: INFO hidden, WARNING and ERROR shown (tensorflow/tsl/platform/default/logging.cc).
 _TF_CPP_MIN_LOG_LEVEL = '1'
@@ -62,3 +64,38 @@ def quiet_startup() -> None:
   absl_logger = logging.getLogger('absl')  # absl.logging's records go through this logger
   if _ABSL_FILTER not in absl_logger.filters:
     absl_logger.addFilter(_ABSL_FILTER)
+
+
+def _literal(text: str) -> Any:
+  """A --model-arg value: a Python literal where it is one, true/false in any case as
+  bools, anything else the string itself (so names need no quotes)."""
+  if text.lower() in ('true', 'false'):
+    return text.lower() == 'true'
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_model_args(items: Optional[Sequence[str]],
+                     own_flags: Mapping[str, str] = None) -> Dict[str, Any]:
+  """The tools' repeatable ``--model-arg KEY=VALUE`` (create_model overrides):
+  ``['depths=(1,1)', 'fast_cpu=True']`` -> {'depths': (1, 1), 'fast_cpu': True}.
+
+  Raises ValueError naming --model-arg for an item without ``KEY=``, a key given twice or
+  a field that has its own flag in the tool (``own_flags``: field -> flag).
+  """
+  own_flags = own_flags or {}
+  out = {}
+  for item in items or ():
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if not sep or not key.isidentifier():
+      raise ValueError(f'--model-arg {item!r}: expected KEY=VALUE, e.g. '
+                       f'--model-arg drop_path_rate=0.1')
+    if key in own_flags:
+      raise ValueError(f'--model-arg {key}=...: use {own_flags[key]} for {key}')
+    if key in out:
+      raise ValueError(f'--model-arg {key}=... is given twice')
+    out[key] = _literal(value.strip())
+  return out

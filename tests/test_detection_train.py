@@ -7,6 +7,7 @@ read it. A persistent XLA compilation cache (a temporary directory, this module 
 later runs of the same programs (resume, evaluate mode, predict) skip the ~10 s compile.
 """
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -165,12 +166,19 @@ def test_training_logs_losses_coco_stats_and_draws_predictions(trained):
     assert ev[k] == trained.final[k]
   assert trained.final['num_examples'] == NUM_TEST and trained.final['step'] == 6
   assert _steps(trained.workdir) == [2, 4, 6]
-  pics = sorted(os.listdir(os.path.join(trained.workdir, 'predictions')))
-  assert len(pics) == 2 and all(p.startswith('test_') and p.endswith('.png') for p in pics)
+  # One grid of the 2 pictured test canvases per evaluation (only the final one here), and
+  # the same image in TensorBoard at that step.
+  assert os.listdir(os.path.join(trained.workdir, 'predictions')) == ['step_6.png']
   from PIL import Image
-  for p in pics:
-    with Image.open(os.path.join(trained.workdir, 'predictions', p)) as im:
-      assert im.format == 'PNG' and min(im.size) >= 64
+  with Image.open(os.path.join(trained.workdir, 'predictions', 'step_6.png')) as im:
+    assert im.format == 'PNG' and min(im.size) >= 320
+    size = im.size
+  import tensorflow as tf
+  images = [(e.step, v.image.width, v.image.height)
+            for f in glob.glob(os.path.join(trained.workdir, 'tensorboard', 'events.*'))
+            for e in tf.compat.v1.train.summary_iterator(f) for v in e.summary.value
+            if v.tag == 'eval/predictions']
+  assert images == [(6, *size)]
 
 
 def test_frozen_stem_and_frozen_batchnorm_unchanged(trained):
@@ -194,18 +202,24 @@ def test_frozen_stem_and_frozen_batchnorm_unchanged(trained):
 def test_freeze_stem_false_trains_the_stem(trained):
   """A backbone trained from scratch (freeze_stem=False): the trainer's optimizer mask
   for the config marks the stem trainable and the model passes it gradients (the optimizer
-  then moves it: test_optimizers.py). A full train step would cost a second ~15 s compile."""
+  then moves it: test_optimizers.py). A full train step would cost a second ~15 s compile;
+  the gradient is taken on the demo's backbone under a one-layer transformer (the stem's
+  gradient flows through the backbone whatever the transformer's size)."""
   from swin_jax.train import loop
-  config = _config(trained.data_dir, **{'model.freeze_stem': False})
-  variables = trained.init_variables  # freeze_stem changes no parameter
-  params = variables['params']
+  params = trained.init_variables['params']  # freeze_stem changes no parameter
   for freeze in (True, False):
     mask = _flat(loop.trainable_from_config(
         _config(trained.data_dir, **{'model.freeze_stem': freeze}))(params))
     assert all(mask[k] != (freeze and _is_stem(k)) for k in mask)
   from swin_jax.train.tasks import task_from_config
+  config = _config(trained.data_dir, **{
+      'model.freeze_stem': False, 'model.enc_layers': 1, 'model.dec_layers': 1,
+      'model.hidden_dim': 32, 'model.dim_feedforward': 64, 'model.nheads': 2})
   model = loop.model_from_config(config)
   batch = next(task_from_config(config).train_iterator(config, 0))
+  variables = jax.jit(lambda x, m: model.init(jax.random.PRNGKey(0), x, mask=m))(
+      batch['image'], batch['image_mask'])
+  params = variables['params']
 
   @jax.jit
   def grads(p):

@@ -1,9 +1,13 @@
 """DETR's fast-convergence options (each off by default): fused attention with masks,
-Deformable DETR's sigmoid focal loss and focal matching cost, DN-DETR's denoising queries.
+Deformable DETR's sigmoid focal loss and focal matching cost, DN-DETR's denoising queries,
+Group DETR's query groups.
 
 References are written out here in numpy (the focal loss and Deformable DETR's
-``pos_cost_class - neg_cost_class``, softmax attention) or by hand (the DN attention mask).
+``pos_cost_class - neg_cost_class``, softmax attention), by hand (the DN and group attention
+masks), by scipy (matching) or by the one-group model / criterion run per group (Group DETR).
 """
+import types
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -13,6 +17,7 @@ import pytest
 from swin_jax.detection import criterion as crit
 from swin_jax.models import create_model
 from swin_jax.models import detr as detr_lib
+from swin_jax.models import layers
 from swin_jax.train import tasks
 
 
@@ -53,9 +58,10 @@ def mha():
   return module, params, q, kv, kpm, am, h
 
 
-@pytest.mark.parametrize('impl', ['explicit', 'xla'])  # the CPU and the TPU formulation
+@pytest.mark.parametrize('impl', ['einsum', 'xla'])  # the CPU and the TPU formulation
 def test_attention_masks_match_numpy(mha, impl, monkeypatch):
-  monkeypatch.setattr(detr_lib, '_fused_attention_backend', lambda: impl)
+  # DETR's attention is layers.dot_product_attention: force its formulation
+  monkeypatch.setattr(layers, 'attention_implementation', lambda *a, **k: impl)
   module, params, q, kv, kpm, am, h = mha
   allowed = (~kpm)[:, None, None, :] & am[None, None]
   fn = jax.jit(lambda q, kv, kpm, am: module.apply({'params': params}, q, kv, kv, kpm,
@@ -66,30 +72,27 @@ def test_attention_masks_match_numpy(mha, impl, monkeypatch):
   # the mask matters (guards against an ignored attn_mask)
   unmasked = _np_attention(params, q, kv, kv, h, None)
   assert np.max(np.abs(got - unmasked)) > 1e-2
-  # a per-head, per-image [B, h, Lq, Lk] mask is taken too
+  # a per-head, per-image [B, h, Lq, Lk] mask is taken too, and an attn_mask alone
   am4 = np.broadcast_to(am, (2, h, 5, 7)).copy()
   am4[1, 2, :, 1:] = False
   got4 = np.asarray(module.apply({'params': params}, q, kv, kv, kpm, attn_mask=am4))
   np.testing.assert_allclose(got4, _np_attention(params, q, kv, kv, h, (~kpm)[:, None, None]
                                                  & am4), rtol=1e-5, atol=1e-5)
+  alone = np.asarray(module.apply({'params': params}, q, kv, kv, attn_mask=am))
+  np.testing.assert_allclose(alone, _np_attention(params, q, kv, kv, h, am[None, None]),
+                             rtol=1e-5, atol=1e-5)
 
 
-def test_explicit_dropout_path_equals_fused_and_bf16_softmax(mha):
+def test_attention_dropout_and_bf16_softmax(mha):
   module, params, q, kv, kpm, am, h = mha
   allowed = (~kpm)[:, None, None, :] & am[None, None]
-  # the training path (dropout active) with its dropout replaced by the identity
   d = q.shape[-1]
-  w, b = params['in_proj']['kernel'], params['in_proj']['bias']
-  split = lambda x, i: (x @ w[:, i * d:(i + 1) * d] + b[i * d:(i + 1) * d]).reshape(
-      x.shape[0], x.shape[1], h, d // h)
-  out = detr_lib._explicit_attention(split(q, 0), split(kv, 1), split(kv, 2), allowed,
-                                     (d // h) ** -0.5, jnp.float32,
-                                     lambda a, deterministic: a)
-  out = out.reshape(2, 5, d) @ params['out_proj']['kernel'] + params['out_proj']['bias']
   want = _np_attention(params, q, kv, kv, h, np.broadcast_to(allowed, (2, h, 5, 7)))
-  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
-  # dropout on: the explicit path runs (rate 0.5 zeroes weights: output changes)
   drop = detr_lib.MultiheadAttention(d, h, dropout=0.5)
+  # dropout configured but deterministic (eval): the exact attention
+  np.testing.assert_allclose(np.asarray(drop.apply({'params': params}, q, kv, kv, kpm, True,
+                                                   am)), want, rtol=1e-5, atol=1e-5)
+  # dropout on: rate 0.5 zeroes weights, the output changes and stays finite
   got = drop.apply({'params': params}, q, kv, kv, kpm, False, am,
                    rngs={'dropout': jax.random.key(3)})
   assert np.isfinite(np.asarray(got)).all() and np.max(np.abs(np.asarray(got) - want)) > 1e-3
@@ -283,12 +286,18 @@ def _other_targets():
   return t
 
 
+# The tiny DN model is also a Group DETR (2 groups of 5 queries): the dn tests hold with
+# groups, and the group tests below share its compiled training pass.
+TINY_G = dict(TINY, group_detr=2)
+K_G, Q_G = TINY_G['group_detr'], TINY_G['num_queries']
+
+
 @pytest.fixture(scope='module')
 def dn_run():
-  """One compiled training pass of the tiny DN model, run on three target sets, and one
-  compiled focal criterion (loss + gradient w.r.t. the dn predictions, at the real dn
-  predictions and with garbage in the padded slots)."""
-  model = create_model('detr_resnet50', **TINY)
+  """One compiled training pass of the tiny DN + Group DETR model, run on three target
+  sets, its compiled inference, and one compiled focal criterion (loss + gradient w.r.t.
+  the dn predictions, at the real dn predictions and with garbage in the padded slots)."""
+  model = create_model('detr_resnet50', **TINY_G)
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 32, 32, 3)), jnp.float32)
   # init and the training pass in one compiled program (the same keys: the same weights)
   train = jax.jit(lambda tg: model.init_with_output(
@@ -297,24 +306,25 @@ def dn_run():
   runs = [jax.tree.map(np.asarray, train(t))
           for t in (_targets(), _targets(pad_label=3, pad_box=0.9), _other_targets())]
   outs, variables = [r[0] for r in runs], runs[0][1]
-  infer = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  infer = jax.tree.map(np.asarray, jax.jit(lambda v: model.apply(v, x, train=False))(variables))
   criterion = crit.SetCriterion(TINY['num_classes'], focal=(ALPHA, GAMMA), aux_loss=False)
 
   @jax.jit
   def losses(out, tg):
     def total(logits, boxes):
       dn = dict(out['dn_outputs'], pred_logits=logits, pred_boxes=boxes)
-      return criterion(dict(out, dn_outputs=dn), tg)[0]
+      return criterion(dict(out, dn_outputs=dn), tg, num_groups=K_G)[0]
     lg, bx = out['dn_outputs']['pred_logits'], out['dn_outputs']['pred_boxes']
     pad = ~out['dn_outputs']['valid'][None, :, :, None]
     t0, (gl, gb) = jax.value_and_grad(total, argnums=(0, 1))(lg, bx)
     t1 = total(jnp.where(pad, 50.0, lg), jnp.where(pad, 0.0, bx))
     return t0, t1, gl, gb
-  return outs, infer, jax.tree.map(np.asarray, losses(outs[0], _targets())), variables
+  return (outs, infer, jax.tree.map(np.asarray, losses(outs[0], _targets())), variables,
+          (model, x))
 
 
 def test_dn_queries_hidden_from_matching_and_padding_inert(dn_run):
-  (out, junk, other), infer, _, variables = dn_run
+  (out, junk, other), infer, _, variables, _ = dn_run
   dn = out['dn_outputs']
   assert dn['pred_logits'].shape == (2, 2, 3 * 3, 5) and dn['valid'].shape == (2, 9)
   assert 'dn_outputs' not in infer  # dropped at inference
@@ -333,7 +343,7 @@ def test_dn_queries_hidden_from_matching_and_padding_inert(dn_run):
 
 
 def test_dn_loss_matches_numpy_and_padding_contributes_nothing(dn_run):
-  (out, _, _), _, (t0, t1, gl, gb), _ = dn_run
+  (out, _, _), _, (t0, t1, gl, gb), _, _ = dn_run
   dn = out['dn_outputs']
   v = dn['valid']
   n = v.sum()
@@ -372,16 +382,186 @@ def test_detection_task_wires_focal_and_dn():
 def test_fast_coco_configs():
   from conftest import load_config
   from swin_jax.train import loop, validate
-  want = {'focal': ('detr_resnet50_dc5', 300, 0, 'focal'),
-          'dn': ('detr_resnet50', 100, 5, 'softmax'),
-          'focal+dn': ('detr_resnet50', 300, 5, 'focal')}
-  for arg, (name, queries, groups, cls) in want.items():
+  want = {'focal': ('detr_resnet50_dc5', 300, 0, 'focal', 1),
+          'dn': ('detr_resnet50', 100, 5, 'softmax', 1),
+          'focal+dn': ('detr_resnet50', 300, 5, 'focal', 1),
+          'group': ('detr_resnet50', 100, 0, 'softmax', 11),
+          'focal+group': ('detr_resnet50', 300, 0, 'focal', 11),
+          'group+dn': ('detr_resnet50', 100, 5, 'softmax', 11)}
+  for arg, (name, queries, groups, cls, query_groups) in want.items():
     c = load_config('configs/detr/detr_fast.py', arg)
     validate.check_config(c)
     model = loop.model_from_config(c)
-    assert (model.__class__.__name__, model.num_queries, model.dn_groups) == ('DETR', queries,
-                                                                              groups)
+    assert (model.__class__.__name__, model.num_queries, model.dn_groups,
+            model.group_detr) == ('DETR', queries, groups, query_groups)
     assert c.model.name == name and c.loss.classification == cls
     assert (c.loss.ce, c.loss.cost_class) == ((2.0, 2.0) if cls == 'focal' else (1.0, 1.0))
     assert c.num_epochs == 50 and c.schedule.decay_epochs == (40,)
     assert model.class_prior_prob == (0.01 if cls == 'focal' else 0.0)
+
+
+# ---------------------------------------------------------------- Group DETR
+
+
+def test_group_attention_mask_written_out():
+  # Group DETR alone: K = 2 groups (g0, g1) of Q = 3 queries: block diagonal.
+  g = np.kron(np.eye(2, dtype=int), np.ones((3, 3), int)).astype(bool)
+  want = np.array([[1, 1, 1, 0, 0, 0],
+                   [1, 1, 1, 0, 0, 0],
+                   [1, 1, 1, 0, 0, 0],
+                   [0, 0, 0, 1, 1, 1],
+                   [0, 0, 0, 1, 1, 1],
+                   [0, 0, 0, 1, 1, 1]], bool)
+  np.testing.assert_array_equal(g, want)
+  np.testing.assert_array_equal(np.asarray(detr_lib.dn_attention_mask(3, 0, 0, query_groups=2)),
+                                want)
+  # with dn: K = 2 groups of Q = 2 (g0, g1), then 2 dn groups (a, b) of 1 query each
+  #                 g0 g0 g1 g1 a  b
+  want = np.array([[1, 1, 0, 0, 0, 0],   # g0: own group only
+                   [1, 1, 0, 0, 0, 0],
+                   [0, 0, 1, 1, 0, 0],   # g1: own group only
+                   [0, 0, 1, 1, 0, 0],
+                   [1, 1, 0, 0, 1, 0],   # a: group 0 (kept at inference) + itself
+                   [1, 1, 0, 0, 0, 1]], bool)
+  np.testing.assert_array_equal(
+      np.asarray(detr_lib.dn_attention_mask(2, 2, 1, query_groups=2)), want)
+  got = np.asarray(detr_lib.dn_attention_mask(2, 2, 1, np.array([[True, False]]),
+                                              query_groups=2))
+  want[:, 5] = False  # dn query b padded: hidden from every row
+  np.testing.assert_array_equal(got[0, 0], want)
+
+
+def _group(out, k, q=Q_G):
+  """Group k's queries of a Group DETR training output (no dn)."""
+  sl = lambda d: {n: d[n][:, k * q:(k + 1) * q] for n in ('pred_logits', 'pred_boxes')}
+  return dict(sl(out), aux_outputs=[sl(a) for a in out['aux_outputs']])
+
+
+@pytest.fixture(scope='module')
+def group_run(dn_run):
+  """dn_run's Group DETR (K = 2 groups of 5 queries, 3 dn groups): its training and
+  inference outputs, its training outputs without dn (dn_groups=0; the dn parameters
+  unused), and the one-group model's (group_detr=1, else the same) training outputs with
+  group k's rows of the query table as its own (k = 0, 1; one compile)."""
+  (out, _, _), infer, _, variables, (model, x) = dn_run
+  one = model.clone(group_detr=1)
+  no_dn = jax.jit(lambda v: model.clone(dn_groups=0).apply(v, x, train=True))(variables)
+  one_train = jax.jit(lambda v: one.apply(v, x, train=True, targets=_targets(),
+                                          rngs={'dropout': jax.random.key(1)}))  # same noise
+
+  def rows(k):
+    p = dict(variables['params'])
+    p['query_embed'] = {'embedding': p['query_embed']['embedding'][k * Q_G:(k + 1) * Q_G]}
+    return dict(variables, params=p)
+  return types.SimpleNamespace(
+      variables=variables, train=out, infer=infer, train_no_dn=jax.tree.map(np.asarray, no_dn),
+      one_train=[jax.tree.map(np.asarray, one_train(rows(k))) for k in range(K_G)])
+
+
+def test_group_detr_groups_are_independent_and_inference_keeps_group_0(group_run):
+  r = group_run
+  assert r.variables['params']['query_embed']['embedding'].shape == (K_G * Q_G, 32)
+  out = r.train
+  assert out['pred_logits'].shape == (2, K_G * Q_G, 5) and out['pred_boxes'].shape == (
+      2, K_G * Q_G, 4)
+  assert len(out['aux_outputs']) == 1 and out['aux_outputs'][0]['pred_logits'].shape == (
+      2, K_G * Q_G, 5)
+  # each group computes what a one-group DETR with that group's queries computes: the
+  # groups never see each other (block-diagonal self-attention), nor the dn queries;
+  # with dn queries and without (Group DETR alone)
+  assert 'dn_outputs' not in r.train_no_dn
+  for k in range(K_G):
+    for got in (_group(out, k), _group(r.train_no_dn, k)):
+      want = r.one_train[k]
+      for name in ('pred_logits', 'pred_boxes'):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got['aux_outputs'][0][name],
+                                   want['aux_outputs'][0][name], rtol=1e-5, atol=1e-5)
+  # ... and the groups differ (their queries do): the comparison above is not vacuous
+  assert np.abs(r.one_train[0]['pred_boxes'] - r.one_train[1]['pred_boxes']).max() > 1e-3
+  # the dn queries see group 0 only: as in the one-group model with group 0's table
+  for name in ('pred_logits', 'pred_boxes'):
+    np.testing.assert_allclose(out['dn_outputs'][name], r.one_train[0]['dn_outputs'][name],
+                               rtol=1e-5, atol=1e-5)
+  # inference: group 0 only, the public contract, equal to the group-0-table model (its
+  # matching outputs in training are its inference outputs: dropout 0, and the matching
+  # queries never see dn queries, test_dn_queries_hidden_from_matching_and_padding_inert)
+  inf = r.infer
+  assert set(inf) == {'pred_logits', 'pred_boxes', 'aux_outputs'}
+  assert inf['pred_logits'].shape == (2, Q_G, 5) and inf['pred_boxes'].shape == (2, Q_G, 4)
+  for name in ('pred_logits', 'pred_boxes'):
+    np.testing.assert_allclose(inf[name], r.one_train[0][name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(inf['aux_outputs'][0][name],
+                               r.one_train[0]['aux_outputs'][0][name], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(inf['pred_boxes'], out['pred_boxes'][:, :Q_G], rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_group_loss_is_the_official_combination_of_per_group_losses(group_run):
+  """Atten4Vis/ConditionalDETR (GroupDETR branch) SetCriterion.forward: every group
+  matched on its own, num_boxes x K, one loss over all K * Q queries: for the box and focal
+  losses sum / (K * num_boxes) = the mean of the per-group losses; for DETR's weighted
+  cross-entropy too (equal weight sums per group). The dn losses are added once.
+
+  Reference: the one-group criterion on each group's slice, matched by scipy (a host
+  callback: cheap to compile, and independent of the pure-JAX Hungarian under test)."""
+  out, tg = group_run.train, _targets()
+  nodn = {k: v for k, v in out.items() if k != 'dn_outputs'}
+  C = TINY_G['num_classes']
+  # the grouped loss with the training default (pure-JAX Hungarian) for focal, scipy for
+  # softmax (one Hungarian program less to compile; the grouping code is the same)
+  kinds = {'softmax': dict(matcher='scipy'),
+           'focal': dict(focal=(ALPHA, GAMMA), weights=crit.FOCAL_WEIGHTS,
+                         cost_weights=crit.FOCAL_COST_WEIGHTS)}
+  for name, kw in kinds.items():
+    c, ref_c = crit.SetCriterion(C, **kw), crit.SetCriterion(C, **dict(kw, matcher='scipy'))
+    total_dn, m = jax.tree.map(np.asarray, jax.jit(
+        lambda o, c=c: c(o, tg, num_groups=K_G))(out))
+    ref = jax.jit(lambda o, c=ref_c: c(o, tg))
+    per_group = [jax.tree.map(np.asarray, ref(_group(nodn, k))) for k in range(K_G)]
+    for k in [k + s for k in ('loss_ce', 'loss_bbox', 'loss_giou') for s in ('', '_0')]:
+      np.testing.assert_allclose(m[k], np.mean([pg[1][k] for pg in per_group]), rtol=1e-5,
+                                 err_msg=f'{name} {k}')
+    # the total: the mean of the groups' totals, plus the dn losses once (unscaled)
+    dn = sum(c.weight_dict[k] * m[k + s] for k in c.weight_dict for s in ('_dn', '_dn_0'))
+    np.testing.assert_allclose(total_dn - dn, np.mean([pg[0] for pg in per_group]), rtol=1e-5)
+
+  # SetCriterion.match with groups: group g's pairs use group g's queries only (numbered in
+  # the K * Q layout), an optimum of group g's own cost
+  import scipy.optimize
+  c = crit.SetCriterion(C, matcher='scipy')
+  cw = c.cost_weights
+
+  @jax.jit
+  def matched(out):
+    costs = [crit.matching_cost(g['pred_logits'], g['pred_boxes'], tg['labels'], tg['boxes'],
+                                cw['class_'], cw['bbox'], cw['giou'])
+             for g in (_group(out, k) for k in range(K_G))]
+    return c.match(out, tg, num_groups=K_G), costs
+  (pred_idx, tgt_idx, ok), costs = jax.tree.map(np.asarray, matched(nodn))
+  valid = tg['valid']
+  m_per = min(Q_G, valid.shape[1])
+  assert pred_idx.shape == (2, K_G * m_per)
+  for g in range(K_G):
+    sl = slice(g * m_per, (g + 1) * m_per)
+    assert np.all((pred_idx[:, sl] >= g * Q_G) & (pred_idx[:, sl] < (g + 1) * Q_G))
+    for b in range(2):
+      r_, c_ = scipy.optimize.linear_sum_assignment(costs[g][b][:, valid[b]])
+      mine = sorted((p - g * Q_G, t) for p, t, v in zip(pred_idx[b, sl], tgt_idx[b, sl],
+                                                          ok[b, sl]) if v)
+      assert mine == sorted(zip(r_, np.flatnonzero(valid[b])[c_])), (g, b)
+
+
+def test_group_detr_config_checked_and_task_counts_groups():
+  with pytest.raises(ValueError, match='config.model.group_detr'):
+    create_model('detr_resnet50', group_detr=0).init(jax.random.key(0),
+                                                    jnp.zeros((1, 32, 32, 3)))
+  from configs import common
+  c = common.detection_config()
+  assert c.model.group_detr == 1  # off by default
+  c.model.group_detr, c.model.num_queries = 3, 4
+  task = tasks.DetectionTask(c)
+  shaped = lambda n: {'pred_logits': jnp.zeros((1, n, 92))}
+  assert (task.num_groups(shaped(12)), task.num_groups(shaped(4))) == (3, 1)  # train, eval
+  with pytest.raises(ValueError, match='config.model.num_queries'):
+    task.num_groups(shaped(8))

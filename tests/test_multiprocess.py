@@ -37,8 +37,10 @@ TOTAL = 16
 # process 0 holds rows 0-31, process 1 rows 32-63 of each).
 VIT_FIELDS = {
     'total_steps': TOTAL, 'log_every_steps': 1, 'progress_bar': False,
-    'eval_batch_size': 64, 'checkpoint.every_steps': 2, 'checkpoint.keep': 20,
+    'eval_batch_size': 64, 'checkpoint.every_steps': 4, 'checkpoint.keep': 20,
     'mixup.mixup_alpha': 0.8, 'mixup.cutmix_alpha': 1.0,
+    'model.depth': 1,  # one block: the sharding and the per-device ops are the same
+    'model.drop_path_rate': 0.1,  # drop-path keys must not depend on the process count
 }
 # :quick (6 steps, a checkpoint every 2) with one block per stage: the BatchNorm is in the
 # stem, and one block compiles in 2/3 of the time.
@@ -171,8 +173,8 @@ def test_two_processes_train_as_one_with_eight_devices(vit_runs):
   assert [r['step'] for r in mp] == [r['step'] for r in ref] == list(range(1, TOTAL + 1))
   losses_mp, losses_ref = (np.array([r['loss'] for r in x]) for x in (mp, ref))
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), _state(vit_runs['ref'], TOTAL)['params'],
-                       _state(vit_runs['ref'], 2)['params'])
-  assert max(jax.tree.leaves(moved)) > 1e-2  # it trained: far beyond the tolerances below
+                       _state(vit_runs['ref'], 4)['params'])
+  assert max(jax.tree.leaves(moved)) > 5e-3  # it trained: far beyond the tolerances below
   # The same global batches (and Mixup draws) on 2 x 4 as on 1 x 8: equal up to float32
   # rounding (measured: 2.4e-7). A batch that depended on the process count (each process
   # reading half of the dataset) differs by ~1e-2 from the first step with lr > 0 on.

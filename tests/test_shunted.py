@@ -138,13 +138,14 @@ def test_batchnorm_train_updates_stats_and_eval_uses_them():
   stats0 = v['batch_stats']['patch_embed1']['conv_1']
   np.testing.assert_array_equal(stats0['mean'], 0.0)
   np.testing.assert_array_equal(stats0['var'], 1.0)
-  train_out, new = m.apply(v, x, train=True, mutable=['batch_stats'])
+  train_out, new = jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=['batch_stats']))(
+      v, x)
   s = new['batch_stats']['patch_embed1']['conv_1']
   # torch momentum 0.1 == flax 0.9: new = 0.9 * old + 0.1 * batch statistic.
   h = _conv_stem0(v, x)
   np.testing.assert_allclose(s['mean'], 0.1 * h.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(s['var'], 0.9 + 0.1 * h.var((0, 1, 2)), rtol=1e-4)
-  eval_out = m.apply(v, x, train=False)
+  eval_out = jax.jit(m.apply)(v, x)
   assert not np.allclose(train_out, eval_out, atol=1e-3)  # eval uses the running averages
   with pytest.raises(Exception, match='batch_stats'):
     m.apply(v, x, train=True)  # train mode must be allowed to update the statistics
@@ -198,11 +199,12 @@ def test_fast_cpu_is_the_same_model():
   has the same parameters and outputs."""
   x = _images(4, 2, 64, 64, 3)
   slow = _tiny(fast_cpu=False)  # the reference path (grouped / strided convs)
-  v = slow.init(jax.random.PRNGKey(0), x)
+  v = jax.jit(slow.init)(jax.random.PRNGKey(0), x)  # jitted: eager init takes ~10x longer
   fast = _tiny(fast_cpu=True)
-  vf = fast.init(jax.random.PRNGKey(0), x)
+  vf = jax.eval_shape(fast.init, jax.random.PRNGKey(0), x)
   assert jax.tree.map(jnp.shape, vf) == jax.tree.map(jnp.shape, v)
-  ref, st = slow.apply(v, x, train=True, mutable=['batch_stats'])
-  out, stf = fast.apply(v, x, train=True, mutable=['batch_stats'])
+  train = lambda m: jax.jit(lambda v, x: m.apply(v, x, train=True, mutable=['batch_stats']))
+  ref, st = train(slow)(v, x)
+  out, stf = train(fast)(v, x)
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stf, st)

@@ -27,6 +27,7 @@ def _quick(tfds_dir, **overrides):
   c = load_config(DEMO, 'quick')
   c.input.data_dir = tfds_dir
   c.progress_bar = False
+  c.model.depth = 1  # one block: what these tests check does not depend on depth
   return set_fields(c, overrides)
 
 
@@ -47,7 +48,7 @@ def _cli_args(workdir, tfds_dir, total):
   return [f'--config={DEMO}:quick', f'--workdir={workdir}',
           f'--config.input.data_dir={tfds_dir}', f'--config.total_steps={total}',
           '--config.checkpoint.every_steps=2', '--config.checkpoint.keep=10',
-          '--config.progress_bar=False']
+          '--config.progress_bar=False', '--config.model.depth=1']
 
 
 def _start_and_signal(args, workdir, wait_for_step, sig):
@@ -117,6 +118,7 @@ _DEVICES_SCRIPT = textwrap.dedent('''
     c.input.data_dir = {tfds!r}
     c.progress_bar = False
     c.log_every_steps = 1
+    c.model.depth = 1
     c.model.drop_path_rate = 0.1
     c.optimizer.grad_accum_steps = {accum}
     c.sharding.fsdp = {fsdp}

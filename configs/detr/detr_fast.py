@@ -19,20 +19,38 @@ Deformable DETR / DN-DETR train; total batch 32 as theirs):
              IDEA-Research/DN-DETR README after code changes) is DAB-DETR (4-D anchor-box
              queries, 300 queries, focal loss) + denoising, another decoder than DETR's.
   focal+dn   both, on DETR-R50 with 300 queries. No published number (as dn).
+  group      DETR-R50 with Group DETR (Chen et al., ICCV 2023): 11 groups of the 100
+             queries in training (Atten4Vis/ConditionalDETR GroupDETR branch,
+             scripts/conddetr_r50_epoch12_groupdetr11.sh: --group_detr 11), each matched
+             one-to-one on its own; inference keeps one group (the same model as DETR).
+             No published number for this model: the paper applies Group DETR to
+             Conditional DETR, DAB-DETR, DN-DETR and DINO, never to plain DETR. The
+             nearest published number: Conditional DETR-R50 + Group DETR (conditional
+             cross-attention, 300 queries, focal loss), 12 epochs: 37.8 AP (the official
+             weights converted, IDEA-Research/detrex projects/group_detr/README.md,
+             "Converted Models" table; detrex's Conditional DETR-R50 alone, 50 epochs:
+             41.0-41.6 AP, projects/conditional_detr/README.md).
+  focal+group  Group DETR on the focal setting (DETR-R50, 300 queries, focal loss, 11
+             groups): Conditional DETR + Group DETR's recipe, DETR's cross-attention. No
+             published number (as group). Note: the block-diagonal self-attention runs
+             over all K * Q = 3,300 queries (K times the FLOPs of K separate Q x Q
+             attentions, which the official code gets by moving the groups to the batch).
+  group+dn   Group DETR (11 groups of 100) + DN-DETR's denoising queries, which see group 0
+             only (swin_jax.models.detr.dn_attention_mask). No published number.
 
 Everything else is DETR's recipe (configs/common.py detection_config): AdamW lr 1e-4,
 backbone 1e-5, weight decay 1e-4, clip 0.1, DETR's augmentation, aux losses.
 """
 from configs import common
 
-_VARIANTS = ('focal', 'dn', 'focal+dn')
+_VARIANTS = ('focal', 'dn', 'focal+dn', 'group', 'focal+group', 'group+dn')
 
 
 def get_config(arg='focal'):
   if arg not in _VARIANTS:
     raise ValueError(f'unknown variant {arg!r} for configs/detr/detr_fast.py: use one of '
                      f'{list(_VARIANTS)}')
-  focal, dn = 'focal' in arg, 'dn' in arg
+  focal, dn, group = 'focal' in arg, 'dn' in arg, 'group' in arg
   c = common.detection_config()
   c.model.name = 'detr_resnet50_dc5' if arg == 'focal' else 'detr_resnet50'
   if focal:
@@ -47,6 +65,9 @@ def get_config(arg='focal'):
     c.model.dn_groups = 5
     c.model.dn_label_noise = 0.2
     c.model.dn_box_noise = 0.4
+  if group:
+    # Group DETR official (ConditionalDETR GroupDETR branch, its script): --group_detr 11
+    c.model.group_detr = 11
   c.batch_size = 32
   c.eval_batch_size = 32
   c.num_epochs = 50.0

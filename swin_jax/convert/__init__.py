@@ -29,7 +29,7 @@ from swin_jax.convert.swin import (adapt_swin_param, convert_swin,
 from swin_jax.convert.torch_io import read_state_dict
 from swin_jax.convert.vit import (adapt_vit_param, convert_timm_vit, load_vit_npz,
                                   resample_pos_embed)
-from swin_jax.models import create_model, model_family
+from swin_jax.models import create_model, model_family, scan
 
 __all__ = ['load_torch_checkpoint', 'load_vit_npz', 'resample_pos_embed', 'read_state_dict',
            'resize_relative_position_bias_table', 'torch_bicubic_resize', 'torch_resize',
@@ -72,7 +72,8 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
 
   Returns:
     ``{'params': params}``: numpy float32 arrays with the tree structure and shapes of
-    ``create_model(name, **model_overrides).init(...)['params']``.
+    ``create_model(name, **model_overrides).init(...)['params']`` (with ``scan_blocks=True``
+    the stacked layout of swin_jax.models.scan: converted per block, then stacked).
 
   Raises:
     FileNotFoundError: ``source`` is a path that does not exist.
@@ -95,10 +96,13 @@ def load_torch_checkpoint(name: str, source, *, drop_head: bool = False,
   state_dict = read_state_dict(source)
   if family == 'detr' and not str(model.backbone).startswith('resnet'):
     return detr_backbone_variables(state_dict, model, name=name)
-  params = convert(state_dict, model, name=name, drop_head=drop_head, **options)
-  if getattr(convert, 'returns_variables', False):  # e.g. Shunted: params and BN batch_stats
-    return params
-  return {'params': params}
+  # The converters map checkpoint keys block by block; a scanned model's stacked layout is
+  # the per-block result stacked (swin_jax.models.scan).
+  params = convert(state_dict, scan.unscanned(model), name=name, drop_head=drop_head,
+                   **options)
+  if not getattr(convert, 'returns_variables', False):  # Shunted: params and BN batch_stats
+    params = {'params': params}
+  return scan.stack(params, model)
 
 
 def detr_backbone_variables(state_dict, model, *, name: str = 'detr') -> Dict[str, Any]:
@@ -117,9 +121,11 @@ def detr_backbone_variables(state_dict, model, *, name: str = 'detr') -> Dict[st
                               f'{model.backbone!r} ({family!r} models)')
   convert = CONVERTERS[family]
   body = create_model(model.backbone, num_classes=0, **dict(model.backbone_kwargs or {}))
-  out = convert(state_dict, body, name=f'{name} backbone {model.backbone!r}', drop_head=True)
+  out = convert(state_dict, scan.unscanned(body), name=f'{name} backbone {model.backbone!r}',
+                drop_head=True)
   if not getattr(convert, 'returns_variables', False):
     out = {'params': out}
+  out = scan.stack(out, body)
   return {col: {'backbone_0': {'body': tree}} for col, tree in out.items()}
 
 

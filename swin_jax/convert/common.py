@@ -14,6 +14,7 @@ suggest (``infer_*_config``, the key order of its model). This module does the r
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -24,7 +25,7 @@ import numpy as np
 from flax import traverse_util
 
 from swin_jax.convert.torch_io import StateDict
-from swin_jax.models import create_model, list_models
+from swin_jax.models import create_model, list_models, scan
 
 Path = Tuple[str, ...]
 VariableKey = Tuple[str, Path]  # (collection, flax path), e.g. ('params', ('head', 'kernel'))
@@ -102,6 +103,27 @@ def to_state_dict(variables: Mapping[str, Any], key: Callable[[str, Path], str],
     for path, v in traverse_util.flatten_dict(dict(variables.get(col, {}))).items():
       out[key(col, path)] = np.ascontiguousarray(flax_to_torch(path, np.asarray(v)))
   return out
+
+
+def scan_aware(convert: Callable[..., Any]) -> Callable[..., Any]:
+  """A family converter ``convert(sd, model, **kw)`` that also takes a ``scan_blocks=True``
+  model: it converts for the per-block model and stacks the result (swin_jax.models.scan),
+  for converters returning params and those marked ``returns_variables`` alike."""
+  @functools.wraps(convert)
+  def wrapped(sd, model, *args, **kwargs):
+    out = convert(sd, scan.unscanned(model), *args, **kwargs)
+    if not scan.is_scanned(model):
+      return out
+    if getattr(wrapped, 'returns_variables', False):
+      return scan.stack(out, model)
+    return scan.stack({'params': out}, model)['params']
+  return wrapped
+
+
+def unscanned_variables(variables: Mapping[str, Any], model: Optional[nn.Module]):
+  """The per-block layout of ``variables`` for the exporters (a no-op without a scanned
+  ``model``)."""
+  return variables if model is None else scan.unstack(variables, model)
 
 
 # ---------------------------------------------------------------------------------------------

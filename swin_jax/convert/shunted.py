@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import flax.linen as nn
 import numpy as np
@@ -45,9 +45,12 @@ def shunted_key(collection: str, path: Path) -> str:
   return common.torch_key(path, '.+', _LEAVES.get(collection, {}))
 
 
-def shunted_variables_to_torch(variables: Mapping[str, Any]) -> StateDict:
+def shunted_variables_to_torch(variables: Mapping[str, Any],
+                               model: Optional[nn.Module] = None) -> StateDict:
   """The inverse of ``convert_shunted`` (without ``num_batches_tracked``): flax variables ->
-  an official-layout state_dict of numpy arrays."""
+  an official-layout state_dict of numpy arrays. ``model``: the model they are for, needed
+  for a scan_blocks=True (stacked) layout."""
+  variables = common.unscanned_variables(variables, model)
   return common.to_state_dict(variables, shunted_key, _COLLECTIONS)
 
 
@@ -115,6 +118,7 @@ def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray], d
 # state_dict -> flax variables.
 
 
+@common.scan_aware
 def convert_shunted(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'shunted',
                     drop_head: bool = False) -> Dict[str, Any]:
   """Converts an official Shunted Transformer state_dict into ``model``'s variables.

@@ -158,8 +158,11 @@ def to_official_layout(sd: Mapping[str, Any]) -> Tuple[StateDict, str]:
   return out, layout
 
 
-def swin_params_to_torch(params: Mapping[str, Any], layout: str = 'official') -> StateDict:
-  """The inverse of ``convert_swin``: flax params -> a state_dict (numpy) of ``layout``."""
+def swin_params_to_torch(params: Mapping[str, Any], layout: str = 'official',
+                         model: Optional[nn.Module] = None) -> StateDict:
+  """The inverse of ``convert_swin``: flax params -> a state_dict (numpy) of ``layout``.
+  ``model``: the model the params are for, needed for a scan_blocks=True (stacked) layout."""
+  params = common.unscanned_variables({'params': params}, model)['params']
   if layout not in LAYOUTS:
     raise ValueError(f'layout={layout!r}: use one of {LAYOUTS}')
   rename = official_to_timm_key if layout == 'timm' else (lambda k: k)
@@ -357,6 +360,7 @@ def _select_head_rows(sd: StateDict, model: nn.Module, head_class_map: ClassMap)
   return sd
 
 
+@common.scan_aware
 def convert_swin(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'swin',
                  drop_head: bool = False,
                  head_class_map: Optional[ClassMap] = None) -> Dict[str, Any]:

@@ -182,6 +182,7 @@ def _mismatch_error(name: str, model: nn.Module, sd: Mapping[str, np.ndarray], d
 # timm state_dict -> flax params.
 
 
+@common.scan_aware
 def convert_timm_vit(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'vit',
                      drop_head: bool = False, interpolation: str = 'bicubic',
                      antialias: bool = True) -> Dict[str, Any]:
@@ -224,8 +225,11 @@ def convert_timm_vit(sd: Mapping[str, Any], model: nn.Module, *, name: str = 'vi
       error=functools.partial(_mismatch_error, name, model, full_sd, drop_head))['params']
 
 
-def vit_params_to_timm(params: Mapping[str, Any]) -> StateDict:
-  """The inverse of ``convert_timm_vit``: flax params -> timm state_dict (numpy arrays)."""
+def vit_params_to_timm(params: Mapping[str, Any], model: Optional[nn.Module] = None
+                       ) -> StateDict:
+  """The inverse of ``convert_timm_vit``: flax params -> timm state_dict (numpy arrays).
+  ``model``: the model the params are for, needed for a scan_blocks=True (stacked) layout."""
+  params = common.unscanned_variables({'params': params}, model)['params']
   return common.to_state_dict({'params': params}, lambda _, path: timm_key(path))
 
 

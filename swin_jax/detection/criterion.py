@@ -74,6 +74,18 @@ Options (off by default; DETR's numbers above are unchanged without them):
   the real dn queries / their number (DN-DETR's ``num_tgt``), for the last layer
   and ``_dn_i`` for the aux layers, weighted as the matching part's losses.
   Padded dn queries (slots of missing targets) enter no loss.
+* Group DETR: ``criterion(outputs, targets, num_groups=K)`` with K * Q queries per
+  layer (``DETR`` with ``group_detr=K`` in training; group k = queries k*Q .. k*Q + Q - 1):
+  each group is matched to the targets on its own (Hungarian, one-to-one within a group;
+  every layer, aux included), and the losses run over all K * Q queries with num_boxes
+  scaled by K, as Atten4Vis/ConditionalDETR's GroupDETR branch (``SetCriterion.forward``:
+  ``num_boxes = sum(len(t["labels"])) * group_detr``, one loss over the concatenated
+  matches of the groups, aux layers matched per group with the same num_boxes). So the
+  box and focal losses are the mean over groups of each group's loss; so is DETR's
+  weighted cross-entropy (every group has the same number of matched queries, hence the
+  same weight sum). ``class_error`` pools the groups' matches; ``cardinality_error`` is the
+  mean over (image, group) pairs (official: over all K * Q queries at once, against one
+  image's targets). The dn losses are unchanged (added once).
 """
 import functools
 
@@ -87,7 +99,7 @@ from swin_jax.detection.boxes import (box_cxcywh_to_xyxy,
                                       generalized_box_iou)
 from swin_jax.detection.matchers import get_matcher, hungarian_matcher_padded
 
-__all__ = ['SetCriterion', 'matching_cost', 'match', 'num_target_boxes',
+__all__ = ['SetCriterion', 'matching_cost', 'match', 'num_target_boxes', 'split_groups',
            'layer_losses', 'dn_losses', 'sigmoid_focal_loss', 'focal_class_cost',
            'class_scores', 'DEFAULT_WEIGHTS', 'DEFAULT_COST_WEIGHTS',
            'FOCAL_WEIGHTS', 'FOCAL_COST_WEIGHTS']
@@ -228,6 +240,25 @@ def match(cost, valid, matcher='hungarian'):
   cost = jnp.where(real, cost, 2.0 * big + 1.0)
   pred_idx, tgt_idx = fn(cost)
   return pred_idx, tgt_idx, jnp.take_along_axis(valid, tgt_idx, axis=1)
+
+
+def split_groups(outputs, num_groups: int):
+  """Group DETR's K * Q queries as K images of Q queries: ``pred_logits`` /
+  ``pred_boxes`` [B, K * Q, .] -> [B * K, Q, .] (row b * K + k = group k of image b, so
+  a batch split over devices keeps each image's groups together), aux layers too;
+  ``dn_outputs`` is passed through. Pair with ``jnp.repeat(targets, K, axis=0)``."""
+  def split(x):
+    b, n = x.shape[:2]
+    if n % num_groups:
+      raise ValueError(f'{n} queries do not split into num_groups={num_groups} groups '
+                       f'(config.model.group_detr must match the model\'s).')
+    return x.reshape((b * num_groups, n // num_groups) + x.shape[2:])
+  def layer(out):
+    return {k: split(out[k]) for k in ('pred_logits', 'pred_boxes')}
+  new = dict(outputs, **layer(outputs))
+  if outputs.get('aux_outputs') is not None:
+    new['aux_outputs'] = [layer(a) for a in outputs['aux_outputs']]
+  return new
 
 
 def _match_layers(costs, valid, matcher='hungarian'):
@@ -390,15 +421,31 @@ class SetCriterion:
     return {'loss_ce': self.weights['ce'], 'loss_bbox': self.weights['bbox'],
             'loss_giou': self.weights['giou']}
 
-  def match(self, outputs, targets):
-    """Matching of one layer's outputs: (pred_idx, tgt_idx, pair_valid) [B, K]."""
+  def match(self, outputs, targets, num_groups=1):
+    """Matching of one layer's outputs: (pred_idx, tgt_idx, pair_valid) [B, M].
+
+    With ``num_groups`` G (Group DETR, pred_* [B, G * Q, .]) each group is matched on
+    its own and the G matchings are concatenated, pred_idx in the full G * Q numbering
+    (group g's pairs g * m .. g * m + m - 1, pred_idx in [g * Q, g * Q + Q), m = min(Q,
+    T), M = G * m), as the official GroupDETR matcher returns them.
+    """
+    G = int(num_groups)
     labels, boxes, valid = _targets(targets)
+    if G > 1:
+      outputs = split_groups(outputs, G)
+      labels, boxes, valid = (jnp.repeat(x, G, axis=0) for x in (labels, boxes, valid))
     cw = self.cost_weights
     cost = matching_cost(outputs['pred_logits'], outputs['pred_boxes'], labels,
                          boxes, cw['class_'], cw['bbox'], cw['giou'], self.focal)
-    return match(cost, valid, self.matcher)
+    idx = match(cost, valid, self.matcher)
+    if G == 1:
+      return idx
+    q = outputs['pred_logits'].shape[1]
+    offset = (jnp.arange(G, dtype=jnp.int32) * q)[None, :, None]
+    pred_idx, tgt_idx, ok = (x.reshape((-1, G) + x.shape[1:]) for x in idx)  # [B, G, m]
+    return tuple(x.reshape(x.shape[0], -1) for x in (pred_idx + offset, tgt_idx, ok))
 
-  def __call__(self, outputs, targets, num_boxes=None):
+  def __call__(self, outputs, targets, num_boxes=None, num_groups=1):
     """Total loss and metrics.
 
     Args:
@@ -409,6 +456,9 @@ class SetCriterion:
       targets: dict with labels [B, T], boxes [B, T, 4], valid [B, T].
       num_boxes: optional normaliser of the box losses (e.g. a global count);
         default: the number of valid targets in ``targets``, clamped >= 1.
+      num_groups: Group DETR's K (static): pred_* hold K groups of Q queries
+        [B, K * Q, .], matched group by group; num_boxes is multiplied by K
+        (clamped >= 1 after, as the official code). 1: DETR.
 
     Returns:
       (total_loss scalar, metrics dict of scalars): the DETR loss dict
@@ -421,9 +471,15 @@ class SetCriterion:
           f'pred_logits has {outputs["pred_logits"].shape[-1]} classes, '
           f'expected num_classes + 1 = {self.num_classes + 1}.')
     labels, boxes, valid = _targets(targets)
+    G = int(num_groups)
+    if G < 1:
+      raise ValueError(f'num_groups={num_groups!r} must be >= 1 (Group DETR\'s K; 1 = DETR).')
     if num_boxes is None:
-      num_boxes = num_target_boxes(targets)
-    num_boxes = jnp.maximum(jnp.asarray(num_boxes, jnp.float32), 1.0)
+      num_boxes = jnp.sum(valid).astype(jnp.float32)
+    num_boxes = jnp.maximum(G * jnp.asarray(num_boxes, jnp.float32), 1.0)
+    if G > 1:  # Group DETR: every group an image of its own, against the same targets
+      outputs = split_groups(outputs, G)
+      labels, boxes, valid = (jnp.repeat(x, G, axis=0) for x in (labels, boxes, valid))
 
     layers = [('', outputs, True)]
     if self.aux_loss:

@@ -6,7 +6,9 @@ official evaluation. This file only adds the bookkeeping around it:
 
 * ``postprocess`` (jittable, runs in the eval step) turns DETR outputs into scores,
   labels and absolute ``(x0, y0, x1, y1)`` boxes of the original image, as
-  facebookresearch/detr ``models/detr.py:PostProcess`` does.
+  facebookresearch/detr ``models/detr.py:PostProcess`` does (softmax), or as Deformable
+  DETR's ``PostProcess`` does for a focal-loss run (top 100 sigmoid (query, class) pairs);
+  ``classification_of(config)`` says which, from config.loss.classification.
 * ``CocoEvaluator`` collects those per image across batches (padding rows dropped) and
   ``summarize()`` returns the 12 COCOeval stats by name.
 * ``groundtruth_from_json`` reads an official annotation file;
@@ -41,25 +43,63 @@ STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl',
 _log = logging.getLogger(__name__)
 
 
-def postprocess(pred_logits, pred_boxes, orig_sizes):
-  """DETR outputs -> per-query score, label and absolute box (DETR's PostProcess).
+# Deformable DETR's PostProcess keeps the best 100 (query, class) pairs of an image, the
+# number COCOeval's maxDets=100 looks at.
+FOCAL_NUM_SELECT = 100
+CLASSIFICATIONS = ('softmax', 'focal')
+
+
+def classification_of(config) -> str:
+  """How the run's logits become scores: config.loss.classification, 'softmax' (DETR's
+  cross-entropy with a no-object class) or 'focal' (Deformable DETR's sigmoid focal loss;
+  the no-object column is never trained). The one place eval, pictures and predict ask."""
+  loss = config.get('loss') if hasattr(config, 'get') else None
+  kind = loss.get('classification', 'softmax') if loss else 'softmax'
+  if kind not in CLASSIFICATIONS:
+    raise ValueError(f"config.loss.classification={kind!r}: use 'softmax' (DETR) or "
+                     f"'focal' (Deformable DETR's sigmoid focal loss).")
+  return kind
+
+
+def postprocess(pred_logits, pred_boxes, orig_sizes, classification='softmax',
+                num_select: int = FOCAL_NUM_SELECT):
+  """DETR outputs -> scored detections with absolute boxes (DETR's / Deformable DETR's
+  PostProcess).
 
   Args:
     pred_logits: [B, Q, C+1] class logits; the last column is "no object".
     pred_boxes: [B, Q, 4] (cx, cy, w, h) as fractions of the *unpadded* image.
     orig_sizes: [B, 2] int (height, width) in pixels of the original image.
+    classification: 'softmax' (DETR): one detection per query, its score the max class
+      probability of a softmax over C+1 ("no object" excluded from the max). 'focal'
+      (Deformable DETR): p = sigmoid of the first C logits, and the detections are the
+      K = min(num_select, Q*C) best (query, class) pairs of all Q*C, so one query may
+      give several labels.
+    num_select: K's cap under 'focal' (Deformable DETR: 100).
 
   Returns:
-    scores [B, Q] float32 (max class probability, "no object" excluded),
-    labels [B, Q] int32 (argmax class index in [0, C)),
-    boxes [B, Q, 4] float32 (x0, y0, x1, y1) in pixels of the original image.
+    scores [B, K] float32 (K = Q under 'softmax'; sorted descending under 'focal'),
+    labels [B, K] int32 class index in [0, C),
+    boxes [B, K, 4] float32 (x0, y0, x1, y1) in pixels of the original image.
   """
-  # float32 softmax: the model may run in bfloat16, whose 8-bit mantissa would make
-  # near-tied scores collide and reorder COCOeval's ranking.
-  prob = jax.nn.softmax(jnp.asarray(pred_logits, jnp.float32), axis=-1)[..., :-1]
-  scores = prob.max(axis=-1)
-  labels = prob.argmax(axis=-1).astype(jnp.int32)
+  # float32: the model may run in bfloat16, whose 8-bit mantissa would make near-tied
+  # scores collide and reorder COCOeval's ranking.
+  logits = jnp.asarray(pred_logits, jnp.float32)
   boxes = box_cxcywh_to_xyxy(jnp.asarray(pred_boxes, jnp.float32))
+  if classification == 'softmax':
+    prob = jax.nn.softmax(logits, axis=-1)[..., :-1]
+    scores = prob.max(axis=-1)
+    labels = prob.argmax(axis=-1).astype(jnp.int32)
+  elif classification == 'focal':
+    b, q, c1 = logits.shape
+    c = c1 - 1
+    prob = jax.nn.sigmoid(logits[..., :c]).reshape(b, q * c)  # [B, Q*C], query-major
+    scores, idx = jax.lax.top_k(prob, min(int(num_select), q * c))  # [B, K]
+    labels = (idx % c).astype(jnp.int32)
+    boxes = jnp.take_along_axis(boxes, (idx // c)[..., None], axis=1)  # [B, K, 4]
+  else:
+    raise ValueError(f"postprocess: classification={classification!r}, use 'softmax' or "
+                     f"'focal' (config.loss.classification).")
   h, w = jnp.moveaxis(jnp.asarray(orig_sizes, jnp.float32), -1, 0)  # [B] each
   scale = jnp.stack([w, h, w, h], axis=-1)  # [B, 4]
   return scores, labels, boxes * scale[:, None, :]

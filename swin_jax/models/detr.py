@@ -7,7 +7,8 @@ short mapping (``swin_jax.convert.detr``):
 * ``backbone_0/body``: the ResNet (``swin_jax.models.resnet``; frozen BN vectors in the
   ``'frozen'`` collection), or a Swin (``backbone='swin_tiny_patch4_window7_224'``: its last
   stage map, with the padding mask handed to it).
-* ``input_proj``: 1x1 conv to ``hidden_dim``; ``query_embed/embedding`` [Q, d].
+* ``input_proj``: 1x1 conv to ``hidden_dim``; ``query_embed/embedding`` [Q, d] ([K * Q, d]
+  with Group DETR).
 * ``transformer/encoder/layers_{i}/{self_attn/{in_proj, out_proj}, linear1, linear2, norm1,
   norm2}`` (``in_proj`` is torch's fused ``in_proj_weight`` [3d, d] as one Dense d -> 3d);
   ``transformer/encoder/norm`` only with ``pre_norm``.
@@ -19,7 +20,9 @@ short mapping (``swin_jax.convert.detr``):
 (normalised) and mask bool [B, H, W] (True = padded pixel; None = no padding) returns
 ``{'pred_logits': [B, Q, num_classes + 1], 'pred_boxes': [B, Q, 4] (cx, cy, w, h in [0, 1]),
 'aux_outputs': [{'pred_logits', 'pred_boxes'}] * (dec_layers - 1)}`` (aux only with
-``aux_loss``). ``train=True`` turns dropout on (rng 'dropout').
+``aux_loss``). ``train=True`` turns dropout on (rng 'dropout'); in training the options
+add to it: ``dn_outputs`` (DN-DETR, ``dn_groups > 0``) and, with Group DETR
+(``group_detr`` K > 1), K * Q queries in place of Q (``DETR`` docstring).
 
 Trainable leaves: as the official code, the ResNet stem and ``layer1`` get no gradient
 (stop_gradient after layer1) and ``trainable_mask(params)`` marks them False for the
@@ -85,19 +88,6 @@ def sine_position_encoding(mask, num_pos_feats: int = 128, temperature: float = 
   return jnp.concatenate((interleave(pos_y), interleave(pos_x)), axis=3)
 
 
-def _fused_attention_backend() -> Optional[str]:
-  """How DETR's attention runs without dropout, per backend: 'cudnn' (GPU: cuDNN's fused
-  kernel through jax.nn.dot_product_attention; bf16 / fp16 only, float32 falls back to
-  XLA's), 'xla' (TPU: jax.nn.dot_product_attention's XLA formulation) or 'explicit' (CPU:
-  ``_explicit_attention``, the formulation before jax.nn.dot_product_attention: on a
-  shared 2-core CPU, attention forward + backward at DETR-R50's 800x1200 encoder shape (950
-  tokens, 8 heads, batch 2), interleaved runs, median of 25: 1.75 s explicit vs 2.34 s
-  through jax.nn.dot_product_attention (which scales and masks the full [B, h, L, L]
-  logits), the fastest runs within 4%)."""
-  backend = jax.default_backend()
-  return {'gpu': 'cudnn', 'cpu': 'explicit'}.get(backend, 'xla')
-
-
 class MultiheadAttention(nn.Module):
   """torch ``nn.MultiheadAttention`` (batch-first here): fused in_proj, out_proj.
 
@@ -105,12 +95,11 @@ class MultiheadAttention(nn.Module):
   attn_mask bool broadcastable to [B, heads, Lq, Lk] (True = may attend; the opposite of
   torch's bool ``attn_mask``, as ``jax.nn.dot_product_attention``) -> [B, Lq, d].
 
-  Without active dropout the attention is ``jax.nn.dot_product_attention`` on GPU (cuDNN's
-  fused kernel for bf16 / fp16) and TPU (XLA's), and written out on CPU, where that is
-  faster (``_fused_attention_backend``); with attention dropout in training it is written
-  out everywhere (the fused op has no dropout). All paths compute logits and softmax in
-  float32 and mask with the same finite large negative, so an all-masked row is uniform,
-  not NaN (torch: -inf, NaN).
+  The attention is ``layers.dot_product_attention`` (the formulation shared with ViT /
+  Swin / Shunted, picked per backend by ``layers.attention_implementation``: written out on
+  CPU, cuDNN's fused kernel on GPU for bf16 / fp16, XLA's elsewhere; with attention dropout
+  in training always written out). Logits and softmax are float32 and masked entries get a
+  finite large negative, so an all-masked row is uniform, not NaN (torch: -inf, NaN).
   """
   d_model: int
   num_heads: int
@@ -134,51 +123,12 @@ class MultiheadAttention(nn.Module):
       am = jnp.asarray(attn_mask, bool)
       am = am.reshape((1,) * (4 - am.ndim) + am.shape)
       allowed = am if allowed is None else allowed & am
-    impl = _fused_attention_backend()
-    if self.dropout > 0 and not deterministic:
-      out = _explicit_attention(q, k, v, allowed, hd ** -0.5, self.dtype,
-                                nn.Dropout(self.dropout))
-    elif impl == 'explicit':
-      out = _explicit_attention(q, k, v, allowed, hd ** -0.5, self.dtype)
-    else:
-      if impl == 'cudnn' and q.dtype not in (jnp.bfloat16, jnp.float16):
-        impl = None
-      elif impl == 'xla':
-        impl = None
-      if allowed is not None:
-        allowed = jnp.broadcast_to(allowed, (B,) + allowed.shape[1:3] + (Lk,))
-      try:
-        out = jax.nn.dot_product_attention(q, k, v, mask=allowed, scale=hd ** -0.5,
-                                           implementation=impl)
-      except (ValueError, NotImplementedError, RuntimeError):
-        if impl is None:
-          raise
-        # cuDNN refuses some shapes / head sizes / versions: XLA's formulation, same math.
-        out = jax.nn.dot_product_attention(q, k, v, mask=allowed, scale=hd ** -0.5)
+    rng = self.make_rng('dropout') if self.dropout > 0 and not deterministic else None
+    out = layers.dot_product_attention(q, k, v, mask=allowed, dropout_rng=rng,
+                                       dropout_rate=self.dropout,
+                                       deterministic=deterministic)  # [B, Lq, h, hd]
     out = out.reshape(B, Lq, d)
     return nn.Dense(d, dtype=self.dtype, kernel_init=xavier, name='out_proj')(out)
-
-
-def _explicit_attention(q, k, v, allowed, scale, dtype, dropout=None):
-  """Softmax attention written out, optionally with dropout on the weights (torch MHA's
-  ``dropout=``; ``dropout(attn, deterministic=False)``).
-
-  q [B, Lq, h, c], k / v [B, Lk, h, c], allowed bool broadcastable to [B, h, Lq, Lk] or
-  None -> [B, Lq, h, c]. Logits and softmax in float32 (bf16 compute included). The scale
-  goes on q (as torch: [B, Lq, h, c] rather than the [B, h, Lq, Lk] logits).
-  """
-  # bf16: the BF16_BF16_F32 preset keeps the backward's float32-cotangent x bf16 dots bf16
-  # matmuls (as jax.nn's attention does), with float32 logits.
-  precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
-  logits = jnp.einsum('bqhc,bkhc->bhqk', q * jnp.asarray(scale, q.dtype), k,
-                      preferred_element_type=jnp.float32, precision=precision)  # [B, h, Lq, Lk]
-  if allowed is not None:
-    # the large negative of jax.nn.dot_product_attention: both paths agree on masked rows
-    logits = jnp.where(allowed, logits, -0.7 * jnp.finfo(jnp.float32).max)
-  attn = jax.nn.softmax(logits, axis=-1).astype(dtype)
-  if dropout is not None:
-    attn = dropout(attn, deterministic=False)
-  return jnp.einsum('bhqk,bkhc->bqhc', attn, v)
 
 
 class FusedInProj(nn.Module):
@@ -432,23 +382,30 @@ def dn_noise(rng, labels, boxes, valid, groups: int, num_classes: int,
   return noised_labels, noised_boxes, labels, boxes, valid
 
 
-def dn_attention_mask(num_queries: int, groups: int, group_size: int, dn_valid=None):
-  """Decoder self-attention mask of [Q matching queries, then groups x group_size dn
-  queries] (True = may attend), DN-DETR's rule: matching queries see only matching
-  queries; a dn query sees the matching queries and its own group. With ``dn_valid``
-  [B, P] the padded dn queries are hidden from every query as well (DN-DETR lets them
-  into attention; here they influence nothing).
+def dn_attention_mask(num_queries: int, groups: int, group_size: int, dn_valid=None,
+                      query_groups: int = 1):
+  """Decoder self-attention mask (True = may attend) of [query_groups x num_queries
+  matching queries, then groups x group_size dn queries].
 
-  Returns bool [Q + P, Q + P] (no dn_valid) or [B, 1, Q + P, Q + P].
+  DN-DETR's rule: matching queries never see dn queries; a dn query sees the matching
+  queries and its own dn group. Group DETR (``query_groups`` K > 1): a matching query sees
+  only its own group (block diagonal: K independent DETR decoders sharing weights), and a
+  dn query sees the matching queries of group 0, the group kept at inference (so each dn
+  group meets the context of the one-group decoder it trains, as in DN-DETR). With
+  ``dn_valid`` [B, P] the padded dn queries are hidden from every query as well (DN-DETR
+  lets them into attention; here they influence nothing). ``groups=0``: no dn queries.
+
+  Returns bool [n, n] (no dn_valid) or [B, 1, n, n], n = query_groups * num_queries + P.
   """
-  P = groups * group_size
-  n = num_queries + P
-  group = np.concatenate([np.full(num_queries, -1), np.repeat(np.arange(groups), group_size)])
-  row, col = group[:, None], group[None, :]
-  allowed = (col == -1) | ((row >= 0) & (row == col))  # [n, n]
+  nq = query_groups * num_queries
+  # one label per query: matching group g -> g, dn group j -> query_groups + j
+  label = np.concatenate([np.repeat(np.arange(query_groups), num_queries),
+                          query_groups + np.repeat(np.arange(groups), group_size)])
+  row, col = label[:, None], label[None, :]
+  allowed = (row == col) | ((row >= query_groups) & (col == 0))  # [n, n]
   if dn_valid is None:
     return jnp.asarray(allowed)
-  key_ok = jnp.concatenate([jnp.ones((dn_valid.shape[0], num_queries), bool),
+  key_ok = jnp.concatenate([jnp.ones((dn_valid.shape[0], nq), bool),
                             jnp.asarray(dn_valid, bool)], axis=1)  # [B, n]
   return jnp.asarray(allowed)[None, None] & key_ok[:, None, None, :]
 
@@ -479,6 +436,15 @@ class DETR(nn.Module):
   'pred_boxes' [L, B, P, 4] for all L decoder layers, and the targets they reconstruct:
   'labels' [B, P], 'boxes' [B, P, 4], 'valid' [B, P]}. At inference there are no dn
   queries: the model is DETR (its extra parameters unused).
+
+  Group DETR (Chen et al., ICCV 2023; off unless ``group_detr`` K > 1): ``query_embed``
+  holds K groups of ``num_queries`` rows ([K * Q, d], group k = rows k*Q .. k*Q + Q - 1, as
+  Atten4Vis/ConditionalDETR's GroupDETR branch). In training all K * Q queries run, the
+  decoder self-attention block diagonal over the groups (``dn_attention_mask``), cross
+  attention and heads shared, and ``pred_logits`` / ``pred_boxes`` / ``aux_outputs`` have
+  K * Q queries (group-major); ``SetCriterion(..., num_groups=K)`` matches each group on its
+  own. At inference only group 0 runs: the outputs have Q queries and equal those of a
+  DETR whose query table is group 0's rows. Combines with dn (dn queries after the K * Q).
   """
   num_classes: int = 91
   num_queries: int = 100
@@ -508,6 +474,8 @@ class DETR(nn.Module):
   dn_groups: int = 0
   dn_label_noise: float = 0.2
   dn_box_noise: float = 0.4
+  # Group DETR: K groups of num_queries queries in training (1 = off; the paper: 11).
+  group_detr: int = 1
   # > 0: class_embed's bias starts at -log((1 - p) / p), every class scored p by the
   # sigmoid (Deformable DETR with its focal loss: p = 0.01); 0: zeros, as here before.
   class_prior_prob: float = 0.0
@@ -522,6 +490,9 @@ class DETR(nn.Module):
       if not 0.0 <= float(getattr(self, k)) <= 1.0:
         raise ValueError(f'config.model.{k}={getattr(self, k)!r} must be in [0, 1] '
                          f'(DN-DETR: dn_label_noise 0.2, dn_box_noise 0.4).')
+    if not isinstance(self.group_detr, (int, np.integer)) or self.group_detr < 1:
+      raise ValueError(f'config.model.group_detr={self.group_detr!r} must be an int >= 1 '
+                       f'(1 = off; Group DETR: 11 groups).')
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array] = None, train: bool = False,
@@ -550,11 +521,13 @@ class DETR(nn.Module):
     fmask = interpolate_mask(mask, (h, w))  # [B, h, w]
     pos = sine_position_encoding(fmask, self.hidden_dim // 2)  # [B, h, w, d] float32
     src = nn.Conv(self.hidden_dim, (1, 1), dtype=self.dtype, name='input_proj')(feat)
-    query_embed = nn.Embed(self.num_queries, self.hidden_dim,
-                           embedding_init=nn.initializers.normal(1.0), name='query_embed'
-                           ).embedding
-    d = self.hidden_dim
-    query_pos, tgt, self_mask, dn = query_embed.astype(self.dtype), None, None, None
+    Q, d = self.num_queries, self.hidden_dim
+    query_embed = nn.Embed(self.group_detr * Q, d, embedding_init=nn.initializers.normal(1.0),
+                           name='query_embed').embedding  # [K * Q, d]
+    groups = self.group_detr if train else 1  # Group DETR: inference keeps group 0 only
+    nq = groups * Q  # matching queries in the decoder
+    query_pos, tgt, dn = query_embed[:nq].astype(self.dtype), None, None
+    self_mask = dn_attention_mask(Q, 0, 0, query_groups=groups) if groups > 1 else None
     if self.dn_groups:
       dn_label_embed = nn.Embed(self.num_classes, d, name='dn_label_embed')
       dn_box_embed = MLP(d, d, 2, self.dtype, name='dn_box_embed')
@@ -563,7 +536,7 @@ class DETR(nn.Module):
                          'model.apply(..., train=True, targets={labels, boxes, valid}) '
                          '(DetectionTask passes it), or set dn_groups=0.')
       if train:
-        Q, T = self.num_queries, targets['labels'].shape[1]
+        T = targets['labels'].shape[1]
         noised_labels, noised_boxes, gt_labels, gt_boxes, dn_valid = dn_noise(
             self.make_rng('dropout'), targets['labels'], targets['boxes'],
             targets.get('valid', jnp.ones(targets['labels'].shape, bool)), self.dn_groups,
@@ -572,9 +545,9 @@ class DETR(nn.Module):
         dn_tgt = dn_label_embed(noised_labels).astype(self.dtype) * live
         dn_pos = dn_box_embed(sine_box_embedding(noised_boxes, d // 2)) * live
         query_pos = jnp.concatenate(
-            [jnp.broadcast_to(query_pos[None], (B, Q, d)), dn_pos.astype(self.dtype)], axis=1)
-        tgt = jnp.concatenate([jnp.zeros((B, Q, d), self.dtype), dn_tgt], axis=1)
-        self_mask = dn_attention_mask(Q, self.dn_groups, T, dn_valid)
+            [jnp.broadcast_to(query_pos[None], (B, nq, d)), dn_pos.astype(self.dtype)], axis=1)
+        tgt = jnp.concatenate([jnp.zeros((B, nq, d), self.dtype), dn_tgt], axis=1)
+        self_mask = dn_attention_mask(Q, self.dn_groups, T, dn_valid, query_groups=groups)
         dn = dict(labels=gt_labels, boxes=gt_boxes, valid=dn_valid)
       elif self.is_initializing():  # create the dn parameters, unused at inference
         dn_box_embed(sine_box_embedding(dn_label_embed(jnp.zeros((1,), jnp.int32))[:, :4],
@@ -582,7 +555,7 @@ class DETR(nn.Module):
     hs = Transformer(d, self.nheads, self.enc_layers, self.dec_layers, self.dim_feedforward,
                      self.dropout, self.pre_norm, self.dtype, name='transformer')(
         src.reshape(B, h * w, d), fmask.reshape(B, h * w), query_pos,
-        pos.reshape(B, h * w, d), deterministic, tgt, self_mask)  # [L, B, Q (+ P), d]
+        pos.reshape(B, h * w, d), deterministic, tgt, self_mask)  # [L, B, nq (+ P), d]
     p = float(self.class_prior_prob)
     if not 0.0 <= p < 1.0:
       raise ValueError(f'config.model.class_prior_prob={p} must be in [0, 1) (0: zero bias; '
@@ -593,10 +566,9 @@ class DETR(nn.Module):
                       name='class_embed')(hs)
     boxes = jax.nn.sigmoid(MLP(d, 4, 3, self.dtype, name='bbox_embed')(hs).astype(jnp.float32))
     logits = logits.astype(jnp.float32)
-    if dn is not None:  # split off the denoising queries (after the Q matching ones)
-      Q = self.num_queries
-      dn = dict(dn, pred_logits=logits[:, :, Q:], pred_boxes=boxes[:, :, Q:])
-      logits, boxes = logits[:, :, :Q], boxes[:, :, :Q]
+    if dn is not None:  # split off the denoising queries (after the nq matching ones)
+      dn = dict(dn, pred_logits=logits[:, :, nq:], pred_boxes=boxes[:, :, nq:])
+      logits, boxes = logits[:, :, :nq], boxes[:, :, :nq]
     out = {'pred_logits': logits[-1], 'pred_boxes': boxes[-1]}
     if self.aux_loss:
       out['aux_outputs'] = [{'pred_logits': a, 'pred_boxes': b}

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swin_jax.models import layers
+from swin_jax.models import layers, scan
 from swin_jax.models.registry import register_model
 
 Dtype = Any
@@ -307,17 +307,36 @@ class Block(nn.Module):
   fast_cpu: bool = False
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, drop_path=None):
+    """drop_path: None (the field ``drop_path``) or a traced rate (a scanned input)."""
     C = x.shape[-1]
+
+    def residual(y):
+      if drop_path is None:
+        return layers.DropPath(self.drop_path)(y, deterministic)
+      return scan.drop_path(self, y, drop_path, deterministic)
+
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm1'), x)
     y = ShuntedAttention(self.num_heads, self.sr_ratio, self.qkv_bias, self.qk_scale,
                          self.attn_drop, self.drop, self.dtype, self.fast_cpu,
                          name='attn')(y, deterministic)
-    x = x + layers.DropPath(self.drop_path)(y, deterministic)
+    x = x + residual(y)
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm2'), x)
     y = Mlp(int(C * self.mlp_ratio), self.drop, self.dtype, self.fast_cpu, name='mlp')(
         y, deterministic)
-    return x + layers.DropPath(self.drop_path)(y, deterministic)
+    return x + residual(y)
+
+
+class ScanBlock(Block):
+  """``Block`` as an ``nn.scan`` body: (x, this layer's drop-path rate) -> (x, None).
+
+  The field ``drop_path`` is static: 0 = no drop path in any layer (no random draws
+  compiled in), else the traced per-layer rate is applied.
+  """
+
+  def __call__(self, x, drop_path, deterministic: bool = True):  # pylint: disable=arguments-renamed
+    rate = drop_path if self.drop_path > 0.0 else None
+    return Block.__call__(self, x, deterministic, drop_path=rate), None
 
 
 class ShuntedTransformer(nn.Module):
@@ -345,6 +364,15 @@ class ShuntedTransformer(nn.Module):
   # update them (a detection backbone, as DETR's FrozenBatchNorm ResNet); False: batch
   # statistics in training, of the global batch under one jit (synchronised BatchNorm).
   frozen_bn: bool = False
+  # Each stage's blocks as one nn.scan: params block{i}/... stacked [depths[i-1], ...] instead
+  # of block{i}_{j}/... (swin_jax.models.scan); remat: 'none' | 'full' | a policy name.
+  scan_blocks: bool = False
+  remat: str = 'none'
+
+  def scan_layout(self):
+    """The stacked layout: block{i}_{j} -> block{i}[j]."""
+    return [((f'block{i + 1}',), [[((), (f'block{i + 1}_{j}',))] for j in range(int(d))])
+            for i, d in enumerate(self.depths)]
 
   def _check(self, H: int, W: int):
     n = len(self.depths)
@@ -396,11 +424,20 @@ class ShuntedTransformer(nn.Module):
       else:
         x = OverlapPatchEmbed(self.embed_dims[i], dtype=self.dtype,
                               name=f'patch_embed{i + 1}')(x)
-      for j in range(depth):
-        x = Block(self.num_heads[i], self.mlp_ratios[i], self.sr_ratios[i], self.qkv_bias,
-                  self.qk_scale, self.drop_rate, self.attn_drop_rate, float(dpr[cur + j]),
-                  self.norm_eps, self.dtype, self.fast_cpu,
-                  name=f'block{i + 1}_{j}')(x, deterministic)
+      block = dict(num_heads=self.num_heads[i], mlp_ratio=self.mlp_ratios[i],
+                   sr_ratio=self.sr_ratios[i], qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
+                   drop=self.drop_rate, attn_drop=self.attn_drop_rate, norm_eps=self.norm_eps,
+                   dtype=self.dtype, fast_cpu=self.fast_cpu)
+      if self.scan_blocks and depth:
+        blocks = scan.scan_block(ScanBlock, depth, self.remat, (0, nn.broadcast), (3,))
+        rates = jnp.asarray(dpr[cur:cur + depth], jnp.float32)
+        x, _ = blocks(**block, drop_path=float(self.drop_path_rate),
+                      name=f'block{i + 1}')(x, rates, deterministic)
+      else:
+        cls = scan.remat_block(Block, self.remat, (2,))
+        for j in range(depth):
+          x = cls(**block, drop_path=float(dpr[cur + j]), name=f'block{i + 1}_{j}')(
+              x, deterministic)
       cur += depth
       x = layers.apply_norm(layers.layer_norm(self.norm_eps, f'norm{i + 1}'), x)
       if return_features:

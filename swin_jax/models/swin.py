@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swin_jax.models import layers
+from swin_jax.models import layers, scan
 from swin_jax.models.registry import register_model
 
 Dtype = Any
@@ -162,8 +162,15 @@ class SwinBlock(nn.Module):
   mask_padding: bool = True
 
   @nn.compact
-  def __call__(self, x, valid: Optional[jax.Array], deterministic: bool = True):
-    """valid: None (every token real) or bool [B, H, W] (False = padded token)."""
+  def __call__(self, x, valid: Optional[jax.Array], deterministic: bool = True,
+               drop_path=None):
+    """valid: None (every token real) or bool [B, H, W] (False = padded token).
+    drop_path: None (the field ``drop_path``) or a traced rate (a scanned input)."""
+    def residual(y):
+      if drop_path is None:
+        return layers.DropPath(self.drop_path)(y, deterministic)
+      return scan.drop_path(self, y, drop_path, deterministic)
+
     B, H, W, C = x.shape
     ws, shift = self.window_size, self.shift_size
     shortcut = x
@@ -196,11 +203,38 @@ class SwinBlock(nn.Module):
     if shift:
       y = jnp.roll(y, (shift, shift), axis=(1, 2))
     y = y[:, :H, :W]
-    x = shortcut + layers.DropPath(self.drop_path)(y, deterministic)
+    x = shortcut + residual(y)
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm2'), x)
     y = layers.Mlp(int(C * self.mlp_ratio), drop=self.drop, dtype=self.dtype, name='mlp')(
         y, deterministic)
-    return x + layers.DropPath(self.drop_path)(y, deterministic)
+    return x + residual(y)
+
+
+class SwinPair(nn.Module):
+  """A (window, shifted-window) pair of blocks, ``blocks_0`` then ``blocks_1``: the
+  ``nn.scan`` body of a stage with scan_blocks=True. x: [B, H, W, C]; drop_path: [2] rates,
+  applied when the static ``use_drop_path`` is (False: no random draws compiled in)."""
+  num_heads: int
+  window_size: int
+  shift_size: int
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  drop: float = 0.0
+  attn_drop: float = 0.0
+  norm_eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+  mask_padding: bool = True
+  use_drop_path: bool = True
+
+  @nn.compact
+  def __call__(self, x, drop_path, valid, deterministic: bool = True):
+    for j, shift in enumerate((0, self.shift_size)):
+      rate = drop_path[j] if self.use_drop_path else None
+      x = SwinBlock(self.num_heads, self.window_size, shift, self.mlp_ratio, self.qkv_bias,
+                    self.drop, self.attn_drop, 0.0, self.norm_eps, self.dtype,
+                    self.mask_padding, name=f'blocks_{j}')(x, valid, deterministic,
+                                                           drop_path=rate)
+    return x, None
 
 
 class PatchMerging(nn.Module):
@@ -257,15 +291,27 @@ class BasicLayer(nn.Module):
   norm_eps: float = 1e-5
   dtype: Dtype = jnp.float32
   mask_padding: bool = True  # see SwinBlock
+  scan_blocks: bool = False  # the blocks as an nn.scan over pairs (SwinPair), params 'pairs'
+  remat: str = 'none'  # see swin_jax.models.scan
 
   @nn.compact
   def __call__(self, x, valid, deterministic: bool = True):
     """Returns (stage output before merging, merged map or None, merged validity)."""
     ws, shift = self.window_size, self.shift_size
-    for j in range(self.depth):
-      x = SwinBlock(self.num_heads, ws, shift if j % 2 else 0, self.mlp_ratio, self.qkv_bias,
-                    self.drop, self.attn_drop, float(self.drop_path[j]), self.norm_eps,
-                    self.dtype, self.mask_padding, name=f'blocks_{j}')(x, valid, deterministic)
+    if self.scan_blocks:
+      rates = jnp.asarray(np.asarray(self.drop_path, np.float32).reshape(self.depth // 2, 2))
+      pairs = scan.scan_block(SwinPair, self.depth // 2, self.remat,
+                              (0, nn.broadcast, nn.broadcast), (4,))
+      x, _ = pairs(self.num_heads, ws, shift, self.mlp_ratio, self.qkv_bias, self.drop,
+                   self.attn_drop, self.norm_eps, self.dtype, self.mask_padding,
+                   use_drop_path=any(float(r) > 0 for r in self.drop_path),
+                   name='pairs')(x, rates, valid, deterministic)
+    else:
+      block = scan.remat_block(SwinBlock, self.remat, (3,))
+      for j in range(self.depth):
+        x = block(self.num_heads, ws, shift if j % 2 else 0, self.mlp_ratio, self.qkv_bias,
+                  self.drop, self.attn_drop, float(self.drop_path[j]), self.norm_eps,
+                  self.dtype, self.mask_padding, name=f'blocks_{j}')(x, valid, deterministic)
     if valid is not None:
       x = x * valid[..., None].astype(x.dtype)  # padded tokens never leak into merges
     if not self.downsample:
@@ -336,6 +382,18 @@ class SwinTransformer(nn.Module):
   # Mask padded tokens out of attention (and the pixel mask's padding): None = True, except
   # with detection=True, where the official code lets them in (False).
   mask_padding: Optional[bool] = None
+  # Each stage's blocks as one nn.scan over (window, shifted-window) pairs (even depths):
+  # params layers_{i}/pairs/blocks_{0,1}/... stacked [depth/2, ...] (swin_jax.models.scan).
+  scan_blocks: bool = False
+  remat: str = 'none'  # 'none' | 'full' | a jax.checkpoint_policies name, per block / pair
+
+  def scan_layout(self):
+    """The stacked layout: layers_i/blocks_{2k + j} -> layers_i/pairs/blocks_j[k]."""
+    return [((f'layers_{i}', 'pairs'),
+             [[(('blocks_0',), (f'layers_{i}', f'blocks_{2 * k}')),
+               (('blocks_1',), (f'layers_{i}', f'blocks_{2 * k + 1}'))]
+              for k in range(int(d) // 2)])
+            for i, d in enumerate(self.depths)]
 
   @nn.compact
   def __call__(self, x, train: bool = False, mask: Optional[jax.Array] = None,
@@ -363,6 +421,9 @@ class SwinTransformer(nn.Module):
       raise ValueError(f'out_indices={self.out_indices}: give stage indices in 0..{n - 1} '
                        f'(one per returned map), or None for all {n} stages')
     mask_padding = (not self.detection) if self.mask_padding is None else self.mask_padding
+    scan.check_remat(self.remat)
+    if self.scan_blocks:
+      scan.check_scannable('Swin', self.depths, pair=True)
     deterministic = not train
     x = PatchEmbed(p, self.embed_dim, self.norm_eps, self.dtype, name='patch_embed')(
         x.astype(self.dtype))  # [B, H/p, W/p, C]
@@ -386,7 +447,8 @@ class SwinTransformer(nn.Module):
       out, merged, valid_next = BasicLayer(
           depth, heads, windows[i][0], windows[i][1], self.mlp_ratio, self.qkv_bias, self.drop_rate,
           self.attn_drop_rate, tuple(dpr[starts[i]:starts[i + 1]]), i < n - 1, self.norm_eps,
-          self.dtype, mask_padding, name=f'layers_{i}')(x, valid, deterministic)
+          self.dtype, mask_padding, scan_blocks=self.scan_blocks, remat=self.remat,
+          name=f'layers_{i}')(x, valid, deterministic)
       if return_features and i in out_indices:
         f = out
         if self.features_norm or self.detection:  # mmdet's names: norm0 .. norm3

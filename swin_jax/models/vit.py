@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from swin_jax.models import layers
+from swin_jax.models import layers, scan
 from swin_jax.models.registry import register_model
 
 Dtype = Any
@@ -67,16 +67,35 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, drop_path=None):
+    """drop_path: None (the field ``drop_path``) or a traced rate (a scanned input)."""
     C = x.shape[-1]
+
+    def residual(y):
+      if drop_path is None:
+        return layers.DropPath(self.drop_path)(y, deterministic)
+      return scan.drop_path(self, y, drop_path, deterministic)
+
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm1'), x)
     y = layers.Attention(self.num_heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop,
                          proj_drop=self.drop, dtype=self.dtype, name='attn')(y, deterministic)
-    x = x + layers.DropPath(self.drop_path)(y, deterministic)
+    x = x + residual(y)
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm2'), x)
     y = layers.Mlp(int(C * self.mlp_ratio), drop=self.drop, dtype=self.dtype, name='mlp')(
         y, deterministic)
-    return x + layers.DropPath(self.drop_path)(y, deterministic)
+    return x + residual(y)
+
+
+class ScanBlock(Block):
+  """``Block`` as an ``nn.scan`` body: (x, this layer's drop-path rate) -> (x, None).
+
+  The field ``drop_path`` is static: 0 = no drop path in any layer (no random draws
+  compiled in), else the traced per-layer rate is applied.
+  """
+
+  def __call__(self, x, drop_path, deterministic: bool = True):  # pylint: disable=arguments-renamed
+    rate = drop_path if self.drop_path > 0.0 else None
+    return Block.__call__(self, x, deterministic, drop_path=rate), None
 
 
 class VisionTransformer(nn.Module):
@@ -86,6 +105,9 @@ class VisionTransformer(nn.Module):
     ``fc_norm`` instead of ``norm``, as timm).
   pos_embed: 'learn' (trained parameter incl. the class-token slot) or 'sincos2d' (fixed).
   representation_size: optional pre-logits Dense + tanh (the original ViT's in21k heads).
+  scan_blocks: run the blocks as one ``nn.scan`` (params ``blocks/...`` stacked [depth, ...]
+    instead of ``blocks_{i}/...``; swin_jax.models.scan); remat: 'none' | 'full' | a
+    ``jax.checkpoint_policies`` name, per block.
   """
   img_size: Union[int, Sequence[int]] = 224
   patch_size: Union[int, Sequence[int]] = 16
@@ -105,6 +127,12 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   norm_eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  scan_blocks: bool = False
+  remat: str = 'none'
+
+  def scan_layout(self):
+    """The stacked layout (swin_jax.models.scan): blocks_{i} -> blocks[i]."""
+    return [(('blocks',), [[((), (f'blocks_{i}',))] for i in range(self.depth)])]
 
   def grid_size(self) -> Tuple[int, int]:
     H, W = to_2tuple(self.img_size)
@@ -156,10 +184,17 @@ class VisionTransformer(nn.Module):
     x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
 
     dpr = np.linspace(0.0, self.drop_path_rate, self.depth)
-    for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, self.qkv_bias, drop=self.drop_rate,
-                attn_drop=self.attn_drop_rate, drop_path=float(dpr[i]), norm_eps=self.norm_eps,
-                dtype=self.dtype, name=f'blocks_{i}')(x, deterministic)
+    block = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                 drop=self.drop_rate, attn_drop=self.attn_drop_rate, norm_eps=self.norm_eps,
+                 dtype=self.dtype)
+    if self.scan_blocks:
+      blocks = scan.scan_block(ScanBlock, self.depth, self.remat, (0, nn.broadcast), (3,))
+      x, _ = blocks(**block, drop_path=float(self.drop_path_rate), name='blocks')(
+          x, jnp.asarray(dpr, jnp.float32), deterministic)
+    else:
+      cls = scan.remat_block(Block, self.remat, (2,))
+      for i in range(self.depth):
+        x = cls(**block, drop_path=float(dpr[i]), name=f'blocks_{i}')(x, deterministic)
 
     if self.global_pool == 'avg':
       x = x[:, self.num_prefix_tokens:].mean(axis=1)

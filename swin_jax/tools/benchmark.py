@@ -27,7 +27,6 @@ a string (``backbone=resnet101``).
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
@@ -292,36 +291,10 @@ def format_report(r: Dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def _literal(text: str) -> Any:
-  """A --model-arg value: a Python literal where it is one, true/false in any case as
-  bools, anything else the string itself (so names need no quotes)."""
-  if text.lower() in ('true', 'false'):
-    return text.lower() == 'true'
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
 def parse_model_args(items: Optional[Sequence[str]]) -> Dict[str, Any]:
-  """``['depths=(1,1)', 'fast_cpu=True']`` -> {'depths': (1, 1), 'fast_cpu': True}.
-
-  Raises ValueError naming --model-arg for an item without ``KEY=``, a key given twice or
-  a field that has its own flag (img_size, dtype).
-  """
-  out = {}
-  for item in items or ():
-    key, sep, value = item.partition('=')
-    key = key.strip()
-    if not sep or not key.isidentifier():
-      raise ValueError(f'--model-arg {item!r}: expected KEY=VALUE, e.g. '
-                       f'--model-arg drop_path_rate=0.1')
-    if key in _OWN_FLAGS:
-      raise ValueError(f'--model-arg {key}=...: use {_OWN_FLAGS[key]} for {key}')
-    if key in out:
-      raise ValueError(f'--model-arg {key}=... is given twice')
-    out[key] = _literal(value.strip())
-  return out
+  """``['depths=(1,1)', 'fast_cpu=True']`` -> {'depths': (1, 1), 'fast_cpu': True}
+  (swin_jax.cli.parse_model_args; img_size and dtype have their own flags here)."""
+  return cli.parse_model_args(items, _OWN_FLAGS)
 
 
 def check_model_args(name: str, model_args: Dict[str, Any]) -> None:

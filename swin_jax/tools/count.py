@@ -16,6 +16,11 @@ XLA's ``compiled.cost_analysis()['flops']`` is reported beside it for reference 
 flops"): it counts 2 per multiply-add plus elementwise work, so it is a bit more than twice
 the MACs.
 
+A ``scan_blocks=True`` model (``--model-arg scan_blocks=True``) has the same parameter count
+(its blocks' params are stacked, not new) and the same MACs (the jaxpr walk multiplies the
+scan body by its length); XLA's cost analysis counts a loop body once, so its flops are taken
+from the unscanned equivalent, the same function.
+
 Nothing is materialised: the variables come from ``jax.eval_shape(model.init, ...)`` and the
 jaxpr from ``jax.make_jaxpr`` on ``ShapeDtypeStruct``s, so ViT-H costs no memory.
 """
@@ -31,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from swin_jax import cli
-from swin_jax.models import create_model
+from swin_jax.models import create_model, scan
 
 
 def image_size(model: nn.Module) -> Tuple[int, int]:
@@ -177,8 +182,12 @@ def xla_flops(model: nn.Module, input_shape: Sequence[int], *, variables=None,
               **apply_kwargs) -> Optional[float]:
   """XLA's ``cost_analysis()['flops']`` of the compiled apply (whole batch), or None.
 
-  Counts 2 per multiply-add plus elementwise ops; compiles for the default backend.
+  Counts 2 per multiply-add plus elementwise ops; compiles for the default backend. XLA
+  counts a while-loop body once, so a scan_blocks=True model is compiled unscanned (same
+  function, per-block params).
   """
+  if scan.is_scanned(model):
+    model, variables = scan.unscanned(model), None
   if variables is None:
     variables = abstract_variables(model, input_shape)
   args, kwargs = make_inputs(model, input_shape)
@@ -267,12 +276,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='batch size to trace with; FLOPs are reported per image')
   parser.add_argument('--no-xla', action='store_true',
                       help='skip compiling for XLA\'s cost analysis (faster for big models)')
+  parser.add_argument('--model-arg', action='append', metavar='KEY=VALUE',
+                      help='create_model override (repeatable), e.g. scan_blocks=True')
   args = parser.parse_args(argv)
   if args.batch < 1:
     parser.error(f'--batch must be >= 1, got {args.batch}')
   img_size = parse_img_size(args.img_size, parser)
   try:
-    stats = model_stats(args.model, img_size, batch=args.batch, xla=not args.no_xla)
+    overrides = cli.parse_model_args(args.model_arg, {'img_size': '--img-size'})
+    stats = model_stats(args.model, img_size, batch=args.batch, xla=not args.no_xla,
+                        **overrides)
   except (ValueError, TypeError) as e:
     print(f'error: {one_line_error(e)}', file=sys.stderr)
     return 2

@@ -36,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from swin_jax import convert
-from swin_jax.models import detr
+from swin_jax.models import detr, scan
 from swin_jax.models.registry import model_family
 
 
@@ -434,6 +434,12 @@ def load_variables_for_init(path: str, model_name: str, variables_like: dict,
     if 'backbone_0' not in loaded['params']:
       if model_family(model_name) == 'detr':  # a classification workdir -> the backbone
         loaded = detr.backbone_variables_from_classifier(loaded)
+  scanned = model
+  if model is not None and hasattr(model, 'scan_layout'):
+    # Merge per block whichever layout (scan_blocks) each side has: adapt_param resizes
+    # per-block leaves; the result is stacked back for a scanned model.
+    model = scan.unscanned(model)
+    loaded, variables_like = scan.to_layout(loaded, model), scan.to_layout(variables_like, model)
   adapt = None
   if model is not None:
     adapt = lambda k, v, shape: convert.adapt_param(model_name, model, k, v, shape)
@@ -444,7 +450,7 @@ def load_variables_for_init(path: str, model_name: str, variables_like: dict,
   for col, like in variables_like.items():
     if col != 'params' and loaded.get(col):
       out[col] = merge_params(like, loaded[col], source=path)[0]
-  return out, skipped
+  return (out if scanned is None else scan.stack(out, scanned)), skipped
 
 
 def _init_from_damaged(path: str, step_dir: str, err: Exception, others) -> None:

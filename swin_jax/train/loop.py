@@ -212,6 +212,21 @@ class Trainer:
     except ValueError as e:
       raise ValueError(f'config.input.eval_split={split!r}: {e}') from None
 
+  def eval_pictures(self, state, step: int, writer) -> None:
+    """The task's pictures of this evaluation (detection: a grid PNG in <workdir>/predictions),
+    also written to TensorBoard at ``step``; process 0 only, none when the task has none."""
+    draw = getattr(self.task, 'eval_pictures', None)
+    if not self.is_main or draw is None:
+      return
+    try:
+      grid = draw(self.config, state, step, self.workdir)
+    except Exception as e:  # pylint: disable=broad-except
+      # Pictures are for eyes: a failure to draw them must not end a long run.
+      log.warning('Drawing the predictions of step %d failed (training goes on): %r', step, e)
+      return
+    if grid is not None:
+      writer.write_image(step, 'eval/predictions', grid)
+
   # ---------------------------------------------------------------- train
   def jit_train_step(self):
     """The jitted, sharded train_step(state, global batch) -> (state, metrics)."""
@@ -301,6 +316,7 @@ class Trainer:
             t_eval = time.perf_counter()
             eval_metrics = self.evaluate(state)
             writer.write(step, 'eval', eval_metrics)
+            self.eval_pictures(state, step, writer)
             meter.add_pause(time.perf_counter() - t_eval)  # not training time
           if stop:
             self.ckpt.wait()
@@ -316,6 +332,7 @@ class Trainer:
       eval_metrics = self.evaluate(state)
       eval_metrics['train_time_s'] = train_time
       writer.write(self.total_steps, 'eval', eval_metrics)
+      self.eval_pictures(state, self.total_steps, writer)
       if self.is_main:
         self.task.end_of_run(config, state, self.workdir)
       if self.is_main:

@@ -17,10 +17,15 @@ then grow with the run's duration / flush_secs, not with its number of log steps
 host waits for them. A kill loses what was logged since the last flush; what came after the
 last checkpoint is logged again by the resumed run.
 
+Images (``write_image``: the detection task's prediction grid of each evaluation) go the same
+way: the array is queued, and the background thread encodes it as PNG into an image Summary
+(what ``tf.summary.image`` / TensorBoard's images plugin reads) at that step, flushed at once.
+
 Errors of the background thread are raised by the next ``write`` or by ``close``.
 """
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -31,6 +36,8 @@ import threading
 import time
 from typing import Any, Dict, Optional
 
+import numpy as np
+from PIL import Image
 import tensorflow as tf
 
 from swin_jax.train import checkpointing
@@ -43,6 +50,14 @@ DEFAULT_REMOTE_FLUSH_SECS = 30.0
 _STOP = object()
 _FLUSH = object()
 _FILE_IDS = itertools.count()  # two runs of one process in the same second: two files
+
+
+class _ImageRecord:
+  """An image queued for the events file (the caller's copy: it may change the array)."""
+  __slots__ = ('step', 'tag', 'time', 'image')
+
+  def __init__(self, step: int, tag: str, wall_time: float, image: np.ndarray):
+    self.step, self.tag, self.time, self.image = step, tag, wall_time, image
 
 
 class MetricWriterError(RuntimeError):
@@ -103,6 +118,14 @@ class _EventFile:
   def scalars(self, step: int, wall_time: float, values: Dict[str, float]):
     summary = self._tf.compat.v1.Summary(value=[
         self._tf.compat.v1.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+    self._add(self._tf.compat.v1.Event(wall_time=wall_time, step=step, summary=summary))
+
+  def image(self, step: int, wall_time: float, tag: str, png: bytes, height: int, width: int):
+    """One RGB PNG as an image Summary value (TensorBoard's images plugin)."""
+    img = self._tf.compat.v1.Summary.Image(height=height, width=width, colorspace=3,
+                                           encoded_image_string=png)
+    summary = self._tf.compat.v1.Summary(value=[
+        self._tf.compat.v1.Summary.Value(tag=tag, image=img)])
     self._add(self._tf.compat.v1.Event(wall_time=wall_time, step=step, summary=summary))
 
   def flush(self):
@@ -168,6 +191,20 @@ class MetricWriter:
     rec.update({k: float(v) for k, v in metrics.items()})
     self._queue.put((rec, split == 'eval' if flush is None else flush))
 
+  def write_image(self, step: int, tag: str, image):
+    """Queues an RGB image (uint8 [H, W, 3]) for TensorBoard at ``step``; returns at once.
+    The PNG encoding happens on the background thread; the events file is flushed after it."""
+    if not self.enabled:
+      return
+    self._raise_error()
+    if self._closed:
+      raise MetricWriterError(f'write_image(step={step}) after close() of {self.jsonl_path}')
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+      raise ValueError(f'write_image({tag!r}): want uint8 [H, W, 3], got {arr.dtype} '
+                       f'{arr.shape}.')
+    self._queue.put(_ImageRecord(int(step), str(tag), time.time(), np.array(arr)))
+
   def flush(self):
     """Asks for a flush after the records queued so far; returns at once. The trainer asks
     after each checkpoint save, so a kill loses at most what was logged after it (and the
@@ -215,7 +252,10 @@ class MetricWriter:
       t0 = time.perf_counter()
       try:
         force = item is _FLUSH
-        if item is not None and not force:
+        if isinstance(item, _ImageRecord):
+          self._write_image(item)
+          dirty, force = True, True
+        elif item is not None and not force:
           rec, force = item
           self._write_record(rec)
           dirty = True
@@ -242,6 +282,13 @@ class MetricWriter:
     self._events.scalars(step, rec['time'], {f'{split}/{k}': v for k, v in rec.items()
                                              if k not in ('step', 'split', 'time')})
     self.stats['records'] += 1
+
+  def _write_image(self, item: '_ImageRecord'):
+    buf = io.BytesIO()
+    Image.fromarray(item.image).save(buf, format='PNG')
+    h, w = item.image.shape[:2]
+    self._events.image(item.step, item.time, item.tag, buf.getvalue(), h, w)
+    self.stats['images'] = self.stats.get('images', 0) + 1
 
   def _flush(self):
     self._jsonl.flush()

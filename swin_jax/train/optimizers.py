@@ -261,6 +261,9 @@ def _layer_decay(config):
                      f'{config.model.name!r} is a {family} model; layer-wise decay is defined '
                      f'for {list(LAYER_DECAY_FAMILIES)}. Set config.optimizer.layer_decay=0 '
                      f'(or use config.optimizer.lr_mults).')
+  if config.model.get('scan_blocks'):  # layer_id numbers per-block names (blocks_{i})
+    raise ValueError(f'config.optimizer.layer_decay={decay} numbers per-block parameters: set '
+                     f'config.model.scan_blocks=False (stacked blocks share one name).')
   return family, depths, decay
 
 

@@ -9,8 +9,11 @@ A task has:
   loss(outputs, batch) -> (scalar loss, dict of scalar metrics)            [train step]
   eval_outputs(outputs, batch) -> pytree of arrays                          [eval step]
   evaluator(config, split) -> object with add(eval_outputs, batch) and result() -> dict
+  eval_pictures(config, state, step, workdir) -> uint8 [H, W, 3] or None, optional
+    [main process, after each evaluation] pictures of the predictions (detection: a grid
+    PNG in <workdir>/predictions), which the loop also writes to TensorBoard
   end_of_run(config, state, workdir)   [main process, after the final evaluation]
-    what the task writes beside its metrics (detection: prediction pictures)
+    what the task writes beside its metrics
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import optax
 
 from swin_jax.data import detection_pipeline, input_pipeline
 from swin_jax.data import mixup as mixup_lib
-from swin_jax.detection.criterion import SetCriterion, class_scores
+from swin_jax.detection.criterion import SetCriterion
 from swin_jax.evaluation import coco, predictor
 
 log = logging.getLogger('swin_jax')
@@ -234,11 +237,14 @@ class DetectionTask:
   (loss weights), cost_class / cost_bbox / cost_giou (matching costs). DETR: 1, 5, 2 both.
   classification: 'softmax' (DETR) or 'focal' (Deformable DETR's sigmoid focal loss and
   focal matching cost with focal_alpha / focal_gamma, 0.25 / 2; its weights: ce 2,
-  cost_class 2): the eval scores are then max_c sigmoid(logit_c), the no-object column
-  ignored (the detection count per image stays Q, one label per query; Deformable DETR's
-  PostProcess takes the top 100 of all query x class pairs instead).
+  cost_class 2): the eval scores are then Deformable DETR's PostProcess, the top 100
+  sigmoid scores of all query x class pairs, the no-object column ignored
+  (``coco.postprocess``; the pictures and swin_jax.predict score the same way).
   config.model.dn_groups > 0 (DN-DETR denoising queries): the model gets the ground truth
   in training (``model_kwargs``) and the criterion adds the ``*_dn`` losses.
+  config.model.group_detr = K > 1 (Group DETR): the training outputs hold K * num_queries
+  queries, matched group by group (``SetCriterion(..., num_groups=K)``); eval outputs
+  (group 0 only) are scored as DETR's.
   config.eval.annotation_file: an official COCO json (e.g. instances_val2017.json) for the
   ground truth; empty = rebuilt from the tfds records of the eval split.
   """
@@ -250,7 +256,10 @@ class DetectionTask:
     get = lambda k, d: lc.get(k, d) if lc else d
     self.num_classes = int(config.model.num_classes)
     self.focal = focal_options(lc)
+    self.classification = coco.classification_of(config)  # how eval turns logits to scores
     self.dn = int(config.model.get('dn_groups', 0) or 0) > 0
+    self.group_detr = int(config.model.get('group_detr', 1) or 1)
+    self.num_queries = int(config.model.get('num_queries', 100))
     self.criterion = SetCriterion(
         self.num_classes, matcher=get('matcher', 'hungarian'), eos_coef=get('eos_coef', 0.1),
         weights={'ce': get('ce', 1.0), 'bbox': get('bbox', 5.0), 'giou': get('giou', 2.0)},
@@ -260,6 +269,9 @@ class DetectionTask:
     self.logged = LOGGED_DETECTION_METRICS + (
         ('loss_ce_dn', 'loss_bbox_dn', 'loss_giou_dn') if self.dn else ())
     self._groundtruth: Dict[str, Any] = {}
+    self._pictures = None  # predictor.EvalPictures, built at the first evaluation
+    if config.get('num_prediction_images', 0):
+      predictor.draw_settings(config)  # a bad config.eval.draw_* fails now, not mid-run
 
   # ------------------------------------------------------------------ data
   def train_iterator(self, config, start_step: int):
@@ -287,18 +299,25 @@ class DetectionTask:
   # ------------------------------------------------------------------ loss
   def loss(self, outputs, batch):
     targets = {'labels': batch['labels'], 'boxes': batch['boxes'], 'valid': batch['valid']}
-    loss, metrics = self.criterion(outputs, targets)
+    loss, metrics = self.criterion(outputs, targets, num_groups=self.num_groups(outputs))
     return loss, {k: metrics[k] for k in self.logged}
+
+  def num_groups(self, outputs) -> int:
+    """Group DETR's K for these outputs: K in training (K * Q queries), 1 at eval (Q)."""
+    n, K, Q = outputs['pred_logits'].shape[1], self.group_detr, self.num_queries
+    if K > 1 and n == K * Q:
+      return K
+    if K > 1 and n != Q:
+      raise ValueError(f'the model returned {n} queries: expected config.model.num_queries='
+                       f'{Q} or group_detr x num_queries = {K * Q}.')
+    return 1
 
   # ------------------------------------------------------------------ eval
   def eval_outputs(self, outputs, batch):
     """DETR's PostProcess: scores, labels, boxes (x0, y0, x1, y1 in original pixels) per
     query, with the image ids and the real-example mask of the (global) batch."""
     scores, labels, boxes = coco.postprocess(outputs['pred_logits'], outputs['pred_boxes'],
-                                        batch['orig_size'])
-    if self.focal is not None:  # sigmoid scores: the no-object column is untrained
-      prob = class_scores(outputs['pred_logits'], focal=True)
-      scores, labels = prob.max(axis=-1), prob.argmax(axis=-1).astype(jnp.int32)
+                                             batch['orig_size'], self.classification)
     return {'scores': scores, 'labels': labels, 'boxes': boxes,
             'image_id': batch['image_id'], 'mask': batch['mask']}
 
@@ -318,18 +337,25 @@ class DetectionTask:
   def evaluator(self, config, split: str):
     return _CocoAdapter(coco.CocoEvaluator(self.groundtruth(config, split)))
 
-  def end_of_run(self, config, state, workdir: str) -> None:
-    """Draws the final model's detections on the first config.num_prediction_images
-    images of the eval split into <workdir>/predictions (EMA params when kept)."""
+  def eval_pictures(self, config, state, step: int, workdir: str) -> Optional[np.ndarray]:
+    """After each evaluation (main process): the first config.num_prediction_images eval
+    images with ground truth and the model's detections (EMA params when kept), one grid
+    in <workdir>/predictions/step_<step>.png; returns it (uint8 [H, W, 3]) for TensorBoard,
+    or None when config.num_prediction_images is 0."""
     num_pictures = config.get('num_prediction_images', 0)
     if not num_pictures:
-      return
+      return None
+    if self._pictures is None:
+      self._pictures = predictor.EvalPictures(config, num_pictures)
     params = state.ema_params if state.ema_params is not None else state.params
-    paths = predictor.draw_split_examples(
-        config, jax.device_get({'params': params, **state.model_state}),
-        os.path.join(workdir, 'predictions'), num_pictures)
-    log.info('Drew predictions on %d eval images into %s', len(paths),
-             os.path.dirname(paths[0]) if paths else '-')
+    path, grid = self._pictures(jax.device_get({'params': params, **state.model_state}), step,
+                                os.path.join(workdir, 'predictions'))
+    log.info('Drew predictions on %d eval images into %s', num_pictures, path)
+    return grid
+
+  def end_of_run(self, config, state, workdir: str) -> None:
+    """Nothing: the pictures are drawn after every evaluation (``eval_pictures``)."""
+    del config, state, workdir
 
 
 class _CocoAdapter:
