@@ -72,6 +72,23 @@ def scan_block(cls, length: int, remat: str, in_axes: Tuple[Any, ...],
                  in_axes=tuple(in_axes), length=length)
 
 
+def scan_body(block_cls):
+  """A block class ``__call__(x, deterministic, drop_path=None)`` as an ``nn.scan`` body
+  ``__call__(x, drop_path, deterministic) -> (x, None)``, ``drop_path`` this layer's rate.
+
+  The block's field ``drop_path`` stays static: 0 = no drop path in any layer (no random
+  draws compiled in), else the traced per-layer rate is applied.
+  """
+
+  class ScanBody(block_cls):
+    def __call__(self, x, drop_path, deterministic: bool = True):  # pylint: disable=arguments-renamed
+      rate = drop_path if self.drop_path > 0.0 else None
+      return block_cls.__call__(self, x, deterministic, drop_path=rate), None
+
+  ScanBody.__name__ = ScanBody.__qualname__ = f'Scan{block_cls.__name__}'
+  return ScanBody
+
+
 def drop_path(module: nn.Module, x, rate, deterministic: bool):
   """Stochastic depth with a traced per-layer ``rate`` (a scanned input), as
   ``layers.DropPath``: each sample's branch is zeroed with probability ``rate``, else

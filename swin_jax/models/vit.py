@@ -86,16 +86,8 @@ class Block(nn.Module):
     return x + residual(y)
 
 
-class ScanBlock(Block):
-  """``Block`` as an ``nn.scan`` body: (x, this layer's drop-path rate) -> (x, None).
-
-  The field ``drop_path`` is static: 0 = no drop path in any layer (no random draws
-  compiled in), else the traced per-layer rate is applied.
-  """
-
-  def __call__(self, x, drop_path, deterministic: bool = True):  # pylint: disable=arguments-renamed
-    rate = drop_path if self.drop_path > 0.0 else None
-    return Block.__call__(self, x, deterministic, drop_path=rate), None
+# ``Block`` as an ``nn.scan`` body: (x, this layer's drop-path rate) -> (x, None).
+ScanBlock = scan.scan_body(Block)
 
 
 class VisionTransformer(nn.Module):
