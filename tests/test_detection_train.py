@@ -168,7 +168,9 @@ def test_training_logs_losses_coco_stats_and_draws_predictions(trained):
   assert _steps(trained.workdir) == [2, 4, 6]
   # One grid of the 2 pictured test canvases per evaluation (only the final one here), and
   # the same image in TensorBoard at that step.
-  assert os.listdir(os.path.join(trained.workdir, 'predictions')) == ['step_6.png']
+  # (test_evaluate_mode_* adds the folder predictions/evaluate)
+  assert [f for f in os.listdir(os.path.join(trained.workdir, 'predictions'))
+          if f != 'evaluate'] == ['step_6.png']
   from PIL import Image
   with Image.open(os.path.join(trained.workdir, 'predictions', 'step_6.png')) as im:
     assert im.format == 'PNG' and min(im.size) >= 320
@@ -202,34 +204,36 @@ def test_frozen_stem_and_frozen_batchnorm_unchanged(trained):
 def test_freeze_stem_false_trains_the_stem(trained):
   """A backbone trained from scratch (freeze_stem=False): the trainer's optimizer mask
   for the config marks the stem trainable and the model passes it gradients (the optimizer
-  then moves it: test_optimizers.py). A full train step would cost a second ~15 s compile;
-  the gradient is taken on the demo's backbone under a one-layer transformer (the stem's
-  gradient flows through the backbone whatever the transformer's size)."""
+  then moves it: test_optimizers.py; with freeze_stem=True the stem gets none:
+  test_detr.py::test_trainable_mask_and_gradients). A full train step would cost a second
+  ~15 s compile: the gradient is the backbone's."""
   from swin_jax.train import loop
   params = trained.init_variables['params']  # freeze_stem changes no parameter
   for freeze in (True, False):
     mask = _flat(loop.trainable_from_config(
         _config(trained.data_dir, **{'model.freeze_stem': freeze}))(params))
     assert all(mask[k] != (freeze and _is_stem(k)) for k in mask)
+  # The backbone alone (the stem's gradient flows through it whatever the transformer).
+  from swin_jax.models import detr as detr_lib
   from swin_jax.train.tasks import task_from_config
-  config = _config(trained.data_dir, **{
-      'model.freeze_stem': False, 'model.enc_layers': 1, 'model.dec_layers': 1,
-      'model.hidden_dim': 32, 'model.dim_feedforward': 64, 'model.nheads': 2})
+  config = _config(trained.data_dir, **{'model.freeze_stem': False})
   model = loop.model_from_config(config)
+  assert model.freeze_stem is False
   batch = next(task_from_config(config).train_iterator(config, 0))
-  variables = jax.jit(lambda x, m: model.init(jax.random.PRNGKey(0), x, mask=m))(
-      batch['image'], batch['image_mask'])
-  params = variables['params']
-
-  @jax.jit
-  def grads(p):
-    return jax.grad(lambda p: model.apply({**variables, 'params': p}, batch['image'],
-                                          mask=batch['image_mask'])['pred_boxes'].sum())(p)
-  g = _flat(jax.device_get(grads(params)))
-  stem = [k for k in g if _is_stem(k) and k.endswith("['kernel']")]
+  image, mask = batch['image'][:2], batch['image_mask'][:2]
+  variables = {'params': trained.init_variables['params']['backbone_0'],
+               **{c: v['backbone_0'] for c, v in trained.init_variables.items()
+                  if c != 'params' and 'backbone_0' in v}}
+  backbone = detr_lib.Backbone(model.backbone, model.dilation, model.backbone_depths,
+                               model.train_backbone, model.backbone_kwargs, model.dtype,
+                               model.backbone_width, model.freeze_stem, model.backbone_norm)
+  g = jax.jit(jax.grad(lambda p: backbone.apply({**variables, 'params': p}, image, mask,
+                                                True).sum()))(variables['params'])
+  g = _flat(jax.device_get({'backbone_0': g}))
+  stem = {k: v for k, v in g.items() if _is_stem(k) and k.endswith("['kernel']")}
   assert len(stem) >= 4
   for k in stem:
-    assert np.abs(g[k]).max() > 0, k
+    assert np.abs(stem[k]).max() > 0, k
 
 
 # ------------------------------------------------------------------ evaluation
@@ -238,7 +242,8 @@ def test_evaluate_mode_is_independent_of_the_eval_batch_size(trained, monkeypatc
   evaluation with batches of 32 (7 x 32 + 26: a padded last batch)."""
   from swin_jax.train import loop
   evaluators = _spy_evaluators(monkeypatch)
-  whole = loop.evaluate(_config(trained.data_dir, eval_batch_size=NUM_TEST), trained.workdir)
+  whole = loop.evaluate(_config(trained.data_dir, eval_batch_size=NUM_TEST,
+                                num_prediction_images=2), trained.workdir)
   assert trained.config.eval_batch_size == 32
   assert set(whole) == set(STATS) | {'num_examples'} and whole['num_examples'] == NUM_TEST
   assert {k: trained.final[k] for k in whole} == whole  # exact
@@ -250,6 +255,14 @@ def test_evaluate_mode_is_independent_of_the_eval_batch_size(trained, monkeypatc
       [(d['image_id'], d['category_id']) for d in b]
   np.testing.assert_allclose([d['score'] for d in a], [d['score'] for d in b], atol=1e-5)
   np.testing.assert_allclose([d['bbox'] for d in a], [d['bbox'] for d in b], atol=1e-3)
+  # It draws the picture the training drew after its final evaluation (same params, same
+  # images), in a folder of its own.
+  from PIL import Image
+  pictures = os.path.join(trained.workdir, 'predictions')
+  assert os.listdir(os.path.join(pictures, 'evaluate')) == ['step_6.png']
+  with Image.open(os.path.join(pictures, 'evaluate', 'step_6.png')) as got, \
+       Image.open(os.path.join(pictures, 'step_6.png')) as want:
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_padding_does_not_change_detections_with_a_masked_swin_backbone(detection_tfds_dir):

@@ -445,7 +445,8 @@ def group_run(dn_run):
   group k's rows of the query table as its own (k = 0, 1; one compile)."""
   (out, _, _), infer, _, variables, (model, x) = dn_run
   one = model.clone(group_detr=1)
-  no_dn = jax.jit(lambda v: model.clone(dn_groups=0).apply(v, x, train=True))(variables)
+  no_dn_apply = lambda v: model.clone(dn_groups=0).apply(v, x, train=True)
+  no_dn = jax.jit(no_dn_apply)(variables)
   one_train = jax.jit(lambda v: one.apply(v, x, train=True, targets=_targets(),
                                           rngs={'dropout': jax.random.key(1)}))  # same noise
 
@@ -455,6 +456,7 @@ def group_run(dn_run):
     return dict(variables, params=p)
   return types.SimpleNamespace(
       variables=variables, train=out, infer=infer, train_no_dn=jax.tree.map(np.asarray, no_dn),
+      jaxpr_no_dn=str(jax.make_jaxpr(no_dn_apply)(variables)),
       one_train=[jax.tree.map(np.asarray, one_train(rows(k))) for k in range(K_G)])
 
 
@@ -477,6 +479,11 @@ def test_group_detr_groups_are_independent_and_inference_keeps_group_0(group_run
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(got['aux_outputs'][0][name],
                                    want['aux_outputs'][0][name], rtol=1e-5, atol=1e-5)
+  # Without dn the groups' self-attention runs as K x B attentions over Q queries (the
+  # official trick): its logits are [K * B, heads, Q, Q], never [B, heads, K * Q, K * Q].
+  B, heads = out['pred_logits'].shape[0], TINY_G.get('nheads', 8)
+  assert f'[{K_G * B},{heads},{Q_G},{Q_G}]' in r.jaxpr_no_dn
+  assert f'{K_G * Q_G},{K_G * Q_G}]' not in r.jaxpr_no_dn
   # ... and the groups differ (their queries do): the comparison above is not vacuous
   assert np.abs(r.one_train[0]['pred_boxes'] - r.one_train[1]['pred_boxes']).max() > 1e-3
   # the dn queries see group 0 only: as in the one-group model with group 0's table

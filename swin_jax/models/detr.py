@@ -108,10 +108,19 @@ class MultiheadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, query, key, value, key_padding_mask=None, deterministic: bool = True,
-               attn_mask=None):
+               attn_mask=None, groups: int = 1):
+    """``groups`` G > 1 (self-attention only): the Lq = Lk queries are G consecutive
+    groups that attend only within their group (Group DETR's block-diagonal mask), run as
+    G x B independent attentions of Lq / G: G x fewer logits than the masked [Lq, Lk] one,
+    the same result (masked logits contribute exactly 0)."""
     d, h = self.d_model, self.num_heads
     hd = d // h
     q, k, v = FusedInProj(d, self.dtype, name='in_proj')(query, key, value)
+    if groups > 1:
+      if key_padding_mask is not None or attn_mask is not None or q.shape[1] != k.shape[1]:
+        raise ValueError('MultiheadAttention(groups > 1) is grouped self-attention: no masks.')
+      B0, L0 = q.shape[:2]
+      q, k, v = (x.reshape(B0 * groups, L0 // groups, d) for x in (q, k, v))
     B, Lq, Lk = q.shape[0], q.shape[1], k.shape[1]
     q = q.reshape(B, Lq, h, hd)
     k = k.reshape(B, Lk, h, hd)
@@ -128,6 +137,8 @@ class MultiheadAttention(nn.Module):
                                        dropout_rate=self.dropout,
                                        deterministic=deterministic)  # [B, Lq, h, hd]
     out = out.reshape(B, Lq, d)
+    if groups > 1:
+      out = out.reshape(B0, L0, d)  # [B, G * Lq, d], group-major as the input
     return nn.Dense(d, dtype=self.dtype, kernel_init=xavier, name='out_proj')(out)
 
 
@@ -204,9 +215,11 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, tgt, memory, memory_mask, pos, query_pos, deterministic: bool,
-               self_attn_mask=None):
+               self_attn_mask=None, self_attn_groups: int = 1):
     """tgt, query_pos: [B, Q, d]; memory, pos: [B, L, d]; memory_mask bool [B, L];
-    self_attn_mask bool broadcastable to [B, heads, Q, Q] (True = may attend) or None."""
+    self_attn_mask bool broadcastable to [B, heads, Q, Q] (True = may attend) or None;
+    self_attn_groups G > 1: the Q queries are G groups that attend only within their group
+    (the block-diagonal mask, computed G x cheaper; MultiheadAttention ``groups``)."""
     drop = lambda name: nn.Dropout(self.dropout, name=name)
     self_attn = MultiheadAttention(self.d_model, self.nhead, self.dropout, self.dtype,
                                    name='self_attn')
@@ -223,16 +236,16 @@ class DecoderLayer(nn.Module):
     if self.pre_norm:
       t = layers.apply_norm(norms[0], tgt)
       qk = _with_pos(t, query_pos)
-      tgt = tgt + drop('dropout1')(self_attn(qk, qk, t, None, deterministic, self_attn_mask),
-                                   deterministic)
+      tgt = tgt + drop('dropout1')(self_attn(qk, qk, t, None, deterministic, self_attn_mask,
+                                             self_attn_groups), deterministic)
       t = layers.apply_norm(norms[1], tgt)
       tgt = tgt + drop('dropout2')(cross_attn(_with_pos(t, query_pos), mem_k, memory,
                                               memory_mask, deterministic), deterministic)
       t = layers.apply_norm(norms[2], tgt)
       return tgt + drop('dropout3')(ffn(t), deterministic)
     qk = _with_pos(tgt, query_pos)
-    tgt = tgt + drop('dropout1')(self_attn(qk, qk, tgt, None, deterministic, self_attn_mask),
-                                 deterministic)
+    tgt = tgt + drop('dropout1')(self_attn(qk, qk, tgt, None, deterministic, self_attn_mask,
+                                           self_attn_groups), deterministic)
     tgt = layers.apply_norm(norms[0], tgt)
     tgt = tgt + drop('dropout2')(cross_attn(_with_pos(tgt, query_pos), mem_k, memory,
                                             memory_mask, deterministic), deterministic)
@@ -263,14 +276,15 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tgt, memory, memory_mask, pos, query_pos, deterministic: bool,
-               self_attn_mask=None):
+               self_attn_mask=None, self_attn_groups: int = 1):
     """Returns [num_layers, B, Q, d]: the shared final norm applied to every layer's output
     (return_intermediate=True)."""
     norm = layers.layer_norm(1e-5, 'norm')
     intermediate = []
     for i in range(self.num_layers):
       tgt = DecoderLayer(**self.layer_kwargs, pre_norm=self.pre_norm, name=f'layers_{i}')(
-          tgt, memory, memory_mask, pos, query_pos, deterministic, self_attn_mask)
+          tgt, memory, memory_mask, pos, query_pos, deterministic, self_attn_mask,
+          self_attn_groups)
       intermediate.append(layers.apply_norm(norm, tgt))
     return jnp.stack(intermediate)
 
@@ -287,10 +301,11 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, src, mask, query_embed, pos, deterministic: bool, tgt=None,
-               self_attn_mask=None):
+               self_attn_mask=None, self_attn_groups: int = 1):
     """src, pos: [B, L, d]; mask bool [B, L]; query_embed [Q, d] or [B, Q, d] (positional
     queries); tgt [B, Q, d] content queries (None: zeros, as DETR); self_attn_mask bool
-    broadcastable to [B, heads, Q, Q] (True = may attend) -> hs [layers, B, Q, d]."""
+    broadcastable to [B, heads, Q, Q] (True = may attend) or self_attn_groups G > 1 (G
+    groups of Q / G queries attending within their group) -> hs [layers, B, Q, d]."""
     kw = dict(d_model=self.d_model, nhead=self.nhead, dim_feedforward=self.dim_feedforward,
               dropout=self.dropout, dtype=self.dtype)
     B = src.shape[0]
@@ -301,7 +316,7 @@ class Transformer(nn.Module):
     memory = Encoder(self.num_encoder_layers, kw, self.pre_norm, name='encoder')(
         src.astype(self.dtype), mask, pos, deterministic)
     return Decoder(self.num_decoder_layers, kw, self.pre_norm, name='decoder')(
-        tgt, memory, mask, pos, query_pos, deterministic, self_attn_mask)
+        tgt, memory, mask, pos, query_pos, deterministic, self_attn_mask, self_attn_groups)
 
 
 class MLP(nn.Module):
@@ -527,7 +542,10 @@ class DETR(nn.Module):
     groups = self.group_detr if train else 1  # Group DETR: inference keeps group 0 only
     nq = groups * Q  # matching queries in the decoder
     query_pos, tgt, dn = query_embed[:nq].astype(self.dtype), None, None
-    self_mask = dn_attention_mask(Q, 0, 0, query_groups=groups) if groups > 1 else None
+    # Group DETR without dn: the groups' block-diagonal self-attention runs as groups x B
+    # attentions of Q queries (the official code's trick: K x fewer logits than the mask);
+    # with dn queries beside them the mask (dn_attention_mask) says who sees whom.
+    self_mask, attn_groups = None, groups
     if self.dn_groups:
       dn_label_embed = nn.Embed(self.num_classes, d, name='dn_label_embed')
       dn_box_embed = MLP(d, d, 2, self.dtype, name='dn_box_embed')
@@ -548,6 +566,7 @@ class DETR(nn.Module):
             [jnp.broadcast_to(query_pos[None], (B, nq, d)), dn_pos.astype(self.dtype)], axis=1)
         tgt = jnp.concatenate([jnp.zeros((B, nq, d), self.dtype), dn_tgt], axis=1)
         self_mask = dn_attention_mask(Q, self.dn_groups, T, dn_valid, query_groups=groups)
+        attn_groups = 1
         dn = dict(labels=gt_labels, boxes=gt_boxes, valid=dn_valid)
       elif self.is_initializing():  # create the dn parameters, unused at inference
         dn_box_embed(sine_box_embedding(dn_label_embed(jnp.zeros((1,), jnp.int32))[:, :4],
@@ -555,7 +574,8 @@ class DETR(nn.Module):
     hs = Transformer(d, self.nheads, self.enc_layers, self.dec_layers, self.dim_feedforward,
                      self.dropout, self.pre_norm, self.dtype, name='transformer')(
         src.reshape(B, h * w, d), fmask.reshape(B, h * w), query_pos,
-        pos.reshape(B, h * w, d), deterministic, tgt, self_mask)  # [L, B, nq (+ P), d]
+        pos.reshape(B, h * w, d), deterministic, tgt, self_mask,
+        attn_groups)  # [L, B, nq (+ P), d]
     p = float(self.class_prior_prob)
     if not 0.0 <= p < 1.0:
       raise ValueError(f'config.model.class_prior_prob={p} must be in [0, 1) (0: zero bias; '

@@ -212,19 +212,26 @@ class Trainer:
     except ValueError as e:
       raise ValueError(f'config.input.eval_split={split!r}: {e}') from None
 
-  def eval_pictures(self, state, step: int, writer) -> None:
-    """The task's pictures of this evaluation (detection: a grid PNG in <workdir>/predictions),
-    also written to TensorBoard at ``step``; process 0 only, none when the task has none."""
+  def eval_pictures(self, state, step: int, writer=None, outdir: Optional[str] = None) -> None:
+    """The task's pictures of this evaluation (detection: a grid PNG in ``outdir``, by
+    default <workdir>/predictions), also written to TensorBoard at ``step`` when a writer is
+    given; drawn on process 0, none when the task has none. Every process calls it: params
+    sharded over several processes (FSDP) are gathered first, a collective."""
     draw = getattr(self.task, 'eval_pictures', None)
-    if not self.is_main or draw is None:
+    if draw is None or not self.config.get('num_prediction_images', 0):
       return
     try:
-      grid = draw(self.config, state, step, self.workdir)
+      state = state.replace(**shd.host_readable(dict(
+          params=state.params, ema_params=state.ema_params, model_state=state.model_state),
+          self.mesh))
+      if not self.is_main:
+        return
+      grid = draw(self.config, state, step, self.workdir, outdir=outdir)
     except Exception as e:  # pylint: disable=broad-except
       # Pictures are for eyes: a failure to draw them must not end a long run.
       log.warning('Drawing the predictions of step %d failed (training goes on): %r', step, e)
       return
-    if grid is not None:
+    if grid is not None and writer is not None:
       writer.write_image(step, 'eval/predictions', grid)
 
   # ---------------------------------------------------------------- train
@@ -393,6 +400,11 @@ def evaluate(config, workdir: str) -> Dict[str, float]:
     state = trainer.initial_state(set_aside_damaged=False)
     metrics = trainer.evaluate(state)
     print(json.dumps(metrics), flush=True)
+    # The task's pictures (detection, config.num_prediction_images > 0) beside the training
+    # run's, in their own folder: an evaluation may run beside the training in this workdir.
+    # A read-only workdir only loses the pictures (a warning).
+    trainer.eval_pictures(state, int(jax.device_get(state.step)), outdir=os.path.join(
+        trainer.workdir, 'predictions', 'evaluate'))
     return metrics
   finally:
     trainer.ckpt.close()

@@ -128,6 +128,15 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool):
   return jax.tree.map(leaf, abstract_state)
 
 
+def host_readable(tree, mesh: Mesh):
+  """``tree`` with every leaf readable by jax.device_get on this process: as it is when all
+  its shards are on this process's devices or it is replicated; else (FSDP over several
+  processes) all-gathered to a replicated copy. A collective: every process calls it."""
+  if all(x.is_fully_addressable or x.is_fully_replicated for x in jax.tree.leaves(tree)):
+    return tree
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Host-local numpy arrays [b_local, ...] -> global jax.Arrays [b_global, ...] on 'data'."""
   sharding = batch_sharding(mesh)

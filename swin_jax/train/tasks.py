@@ -9,9 +9,10 @@ A task has:
   loss(outputs, batch) -> (scalar loss, dict of scalar metrics)            [train step]
   eval_outputs(outputs, batch) -> pytree of arrays                          [eval step]
   evaluator(config, split) -> object with add(eval_outputs, batch) and result() -> dict
-  eval_pictures(config, state, step, workdir) -> uint8 [H, W, 3] or None, optional
-    [main process, after each evaluation] pictures of the predictions (detection: a grid
-    PNG in <workdir>/predictions), which the loop also writes to TensorBoard
+  eval_pictures(config, state, step, workdir, outdir=None) -> uint8 [H, W, 3] or None,
+    optional [main process, after each evaluation] pictures of the predictions (detection:
+    a grid PNG in outdir, by default <workdir>/predictions), which the loop also writes to
+    TensorBoard ('--mode=evaluate': <workdir>/predictions/evaluate, no TensorBoard)
   end_of_run(config, state, workdir)   [main process, after the final evaluation]
     what the task writes beside its metrics
 """
@@ -337,11 +338,12 @@ class DetectionTask:
   def evaluator(self, config, split: str):
     return _CocoAdapter(coco.CocoEvaluator(self.groundtruth(config, split)))
 
-  def eval_pictures(self, config, state, step: int, workdir: str) -> Optional[np.ndarray]:
+  def eval_pictures(self, config, state, step: int, workdir: str,
+                    outdir: Optional[str] = None) -> Optional[np.ndarray]:
     """After each evaluation (main process): the first config.num_prediction_images eval
     images with ground truth and the model's detections (EMA params when kept), one grid
-    in <workdir>/predictions/step_<step>.png; returns it (uint8 [H, W, 3]) for TensorBoard,
-    or None when config.num_prediction_images is 0."""
+    in <outdir or workdir/predictions>/step_<step>.png; returns it (uint8 [H, W, 3]) for
+    TensorBoard, or None when config.num_prediction_images is 0."""
     num_pictures = config.get('num_prediction_images', 0)
     if not num_pictures:
       return None
@@ -349,7 +351,7 @@ class DetectionTask:
       self._pictures = predictor.EvalPictures(config, num_pictures)
     params = state.ema_params if state.ema_params is not None else state.params
     path, grid = self._pictures(jax.device_get({'params': params, **state.model_state}), step,
-                                os.path.join(workdir, 'predictions'))
+                                outdir or os.path.join(workdir, 'predictions'))
     log.info('Drew predictions on %d eval images into %s', num_pictures, path)
     return grid
 
