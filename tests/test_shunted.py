@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import jaxpr_eqns
 from swin_jax.models import create_model, list_models, model_family
 from swin_jax.models import shunted
 from swin_jax.tools import count
@@ -208,3 +209,27 @@ def test_fast_cpu_is_the_same_model():
   out, stf = train(fast)(v, x)
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stf, st)
+
+
+def test_default_formulation_is_the_backends_fastest_and_counts_the_convolutions():
+  """fast_cpu unset (None): the fast formulation where jax runs on CPU (here), the
+  convolutions elsewhere; the FLOPs tool counts the convolutions either way (the shifted
+  multiply-adds are elementwise ops, which count as 0 MACs)."""
+  from swin_jax.tools import count
+  model = create_model('shunted_t')
+  assert model.fast_cpu is None and jax.default_backend() == 'cpu'
+  assert shunted.use_fast_cpu(None) and not shunted.use_fast_cpu(False)
+  x = _sds(1, 64, 64, 3)
+  # depthwise convs as shifted multiply-adds: no grouped conv runs by default on CPU
+  tiny = _tiny(fast_cpu=None)
+  convs = lambda m: [e for e in jaxpr_eqns(jax.make_jaxpr(lambda v, x: m.apply(v, x))(
+      jax.eval_shape(m.init, jax.random.PRNGKey(0), x), x))
+      if e.primitive.name == 'conv_general_dilated' and
+      e.params['feature_group_count'] > 1]
+  assert not convs(tiny) and convs(_tiny(fast_cpu=False))
+  macs = count.count_flops(tiny, (1, 64, 64, 3))
+  assert macs == count.count_flops(_tiny(fast_cpu=False), (1, 64, 64, 3))
+  # without the counting twin the fast path would count fewer (its depthwise convs vanish)
+  closed = jax.make_jaxpr(lambda v, x: tiny.apply(v, x))(
+      jax.eval_shape(tiny.init, jax.random.PRNGKey(0), x), x)
+  assert count.jaxpr_macs(closed) < macs

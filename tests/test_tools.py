@@ -228,3 +228,22 @@ def test_benchmark_bad_model_arg_names_the_flag(monkeypatch, capsys, arg):
   assert rc == 2 and not out and not reports  # refused before anything compiles
   assert len(err.strip().splitlines()) == 1 and '--model-arg' in err
   assert arg.split('=')[0] in err and 'Traceback' not in err
+
+
+def test_profile_script_attributes_the_step_to_its_ops():
+  """experiments/profile_cpu_step.py on a tiny ViT: the traced thunks are the compiled
+  module's ops, with the matmuls among them, and their summed time is the same order as
+  the step's wall time (concurrent thunks may exceed it)."""
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        'experiments', 'profile_cpu_step.py')
+  res = subprocess.run([sys.executable, script, 'vit_demo', '--batch', '2', '--img-size', '16',
+                        '--steps', '2', '--top', '5'], capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  m = re.search(r'([\d.]+) ms per step .* thunks ([\d.]+) ms per step \((\d+) ops\)', res.stdout)
+  assert m, res.stdout
+  wall, thunks, ops = float(m.group(1)), float(m.group(2)), int(m.group(3))
+  assert ops > 20 and 0.1 * wall < thunks < 4 * wall, res.stdout
+  kinds = dict(re.findall(r'^  (\S+) +([\d.]+) +[\d.]+%$', res.stdout, re.M))
+  assert any(k == 'dot' or k.startswith('fusion') for k in kinds), res.stdout
+  assert 'dot' in res.stdout.split('by what they compute')[1], res.stdout

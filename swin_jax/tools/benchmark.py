@@ -166,20 +166,11 @@ def _task(name: str, model, batch: int, boxes_per_image: int) -> _Task:
                loss=loss, infer_outputs=lambda out: out, trainable=None)
 
 
-def benchmark(name: str, batch: int, img_size=None, steps: int = 10,
-              dtype: str = 'float32', boxes_per_image: int = DEFAULT_BOXES,
-              **overrides) -> Dict[str, Any]:
-  """Compiles and times the train and inference steps of model ``name``.
-
-  ``overrides`` go to ``create_model``; ``boxes_per_image`` is DETR's number of real
-  target boxes per image (ignored for classifiers).
-
-  Returns a dict: name, backend, device_kind, num_devices, input_shape, dtype, steps, loss
-  (what the train step minimises), params, compile_train_s, compile_infer_s, train_step_s,
-  infer_step_s, train_images_per_s, infer_images_per_s, train_memory / infer_memory
-  (``compiled_memory`` dicts, bytes), peak_infer_bytes / peak_train_bytes (device peak after
-  each phase, cumulative; None where unsupported).
-  """
+def build_steps(name: str, batch: int, img_size=None, dtype: str = 'float32',
+                boxes_per_image: int = DEFAULT_BOXES, **overrides):
+  """The benchmark's model, train and inference steps (not jitted) and their inputs:
+  (model, task, train_step(state, args, kwargs, targets) -> (state, loss),
+  infer_step(params, args, kwargs), state, args, kwargs)."""
   if dtype not in _DTYPES:
     raise ValueError(f'dtype={dtype!r}: use one of {sorted(_DTYPES)}')
   if img_size is not None:
@@ -192,7 +183,6 @@ def benchmark(name: str, batch: int, img_size=None, steps: int = 10,
   in_args, in_kwargs = count.make_inputs(model, shape, dtype=_DTYPES[dtype])
   args = materialize(in_args, seed=0)
   kwargs = materialize(in_kwargs, seed=1)  # DETR's mask: all False, no padded pixel
-  device = jax.devices()[0]
 
   # Real init, jitted (one program instead of many small dispatches).
   variables = jax.jit(lambda k, a, kw: model.init(k, *a, **kw))(
@@ -225,6 +215,35 @@ def benchmark(name: str, batch: int, img_size=None, steps: int = 10,
   def infer_step(params, args, kwargs):
     out = model.apply({'params': params, **rest}, *args, **kwargs, train=False)
     return task.infer_outputs(out)
+  return model, task, train_step, infer_step, state, args, kwargs
+
+
+def train_step_for_profiling(name: str, batch: int, img_size=None, **overrides):
+  """(jitted train step, state, (args, kwargs, targets)): experiments/profile_cpu_step.py."""
+  _, task, train_step, _, state, args, kwargs = build_steps(name, batch, img_size,
+                                                            **overrides)
+  return jax.jit(train_step, donate_argnums=(0,)), state, (args, kwargs, task.targets)
+
+
+def benchmark(name: str, batch: int, img_size=None, steps: int = 10,
+              dtype: str = 'float32', boxes_per_image: int = DEFAULT_BOXES,
+              **overrides) -> Dict[str, Any]:
+  """Compiles and times the train and inference steps of model ``name``.
+
+  ``overrides`` go to ``create_model``; ``boxes_per_image`` is DETR's number of real
+  target boxes per image (ignored for classifiers).
+
+  Returns a dict: name, backend, device_kind, num_devices, input_shape, dtype, steps, loss
+  (what the train step minimises), params, compile_train_s, compile_infer_s, train_step_s,
+  infer_step_s, train_images_per_s, infer_images_per_s, train_memory / infer_memory
+  (``compiled_memory`` dicts, bytes), peak_infer_bytes / peak_train_bytes (device peak after
+  each phase, cumulative; None where unsupported).
+  """
+  model, task, train_step, infer_step, state, args, kwargs = build_steps(
+      name, batch, img_size, dtype, boxes_per_image, **overrides)
+  params = state['params']
+  shape = count.input_shape_for(model, batch)
+  device = jax.devices()[0]
 
   t0 = time.perf_counter()
   train_c = jax.jit(train_step, donate_argnums=(0,)).lower(
@@ -239,7 +258,7 @@ def benchmark(name: str, batch: int, img_size=None, steps: int = 10,
   peak_infer = device_peak_bytes(device)
 
   holder = {'state': state}
-  del state, params, variables
+  del state, params
 
   def one_train_step():
     holder['state'], loss = train_c(holder['state'], args, kwargs, task.targets)

@@ -98,6 +98,7 @@ def train_flops_per_example(model, variables, init_inputs) -> float:
   args, kwargs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype),
                               tuple(init_inputs))
   batch = int(np.shape(args[0])[0])
+  model = count.counting_model(model)
   closed = jax.make_jaxpr(lambda v, a, k: model.apply(v, *a, train=False, **k))(
       variables, args, kwargs)
   return 6.0 * count.jaxpr_macs(closed) / batch
