@@ -14,6 +14,8 @@ BatchNorm statistics train along (the `batch_stats` collection of the checkpoint
 
 Variants: `:quick` (a few steps, for tests).
 """
+from ml_collections import config_dict
+
 from configs import common
 
 
@@ -26,7 +28,9 @@ def get_config(arg=None):
   c.model.depths = (2, 2)
   c.model.sr_ratios = (4, 1)
   c.model.num_conv = 0
-  # model.fast_cpu: unset, the model's default (on CPU depthwise convs as shifted
-  # multiply-adds, kernel = stride convs as matmuls: the same model, ~5x faster there).
+  # None: the model's default, the backend's fastest (on CPU depthwise convs as shifted
+  # multiply-adds, kernel = stride convs as matmuls: the same model, ~5x faster there);
+  # --config.model.fast_cpu=True / False forces one.
+  c.model.fast_cpu = config_dict.placeholder(bool)
   c.num_epochs = 30.0  # 660 steps
   return common.demo_variant(c, arg, 'configs/demo/shunted_digits.py')
