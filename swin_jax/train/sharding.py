@@ -6,6 +6,8 @@ and ``jax.make_array_from_process_local_data`` assembles the global array.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -134,7 +136,13 @@ def host_readable(tree, mesh: Mesh):
   processes) all-gathered to a replicated copy. A collective: every process calls it."""
   if all(x.is_fully_addressable or x.is_fully_replicated for x in jax.tree.leaves(tree)):
     return tree
-  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+  return _gather_to_replicated(mesh)(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_to_replicated(mesh: Mesh):
+  """One jitted identity per mesh into replicated copies: compiled once, not per call."""
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
