@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from conftest import load_config
 from swin_jax.convert import load_torch_checkpoint
-from swin_jax.models import create_model, scan
+from swin_jax.models import create_model, model_family, scan
 from swin_jax.tools import count
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
@@ -265,8 +266,53 @@ def test_errors_name_the_field_and_the_fix():
   with pytest.raises(ValueError, match=r"remat='half' \(config.model.remat\): use one of"):
     jax.eval_shape(create_model('vit_demo', img_size=16, remat='half').init,
                    jax.random.PRNGKey(0), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The optimizer over stacked leaves: each layer's slice is updated as its block would be
+# unscanned (a stack of biases [L, D] gets no weight decay; layer-wise decay per slice).
+
+@pytest.mark.parametrize('layer_decay', [0.0, 0.75])
+@pytest.mark.parametrize('name, kw, size', [
+    ('vit_demo', dict(img_size=16, depth=2, embed_dim=24, num_heads=2), 16),
+    ('swin_demo', dict(depths=(2, 2), num_heads=(2, 2), embed_dim=16), 32),
+    ('shunted_t', dict(img_size=32, embed_dims=(16, 16), num_heads=(2, 2), mlp_ratios=(2, 2),
+                       depths=(2, 2), sr_ratios=(2, 1), num_conv=0, fast_cpu=True), 32),
+])
+def test_optimizer_of_a_scanned_model_updates_as_per_block(name, kw, size, layer_decay):
+  import ml_collections
   from swin_jax.train import optimizers
-  c = load_config('configs/demo/vit_digits.py', 'quick')
-  c.model.scan_blocks, c.optimizer.layer_decay = True, 0.75
-  with pytest.raises(ValueError, match='scan_blocks=False'):
-    optimizers._layer_decay(c)  # pylint: disable=protected-access
+  kw = dict(kw, num_classes=5)
+  model, s_model = create_model(name, **kw), create_model(name, scan_blocks=True, **kw)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+  rng = np.random.default_rng(0)
+  params, grads = ({'params': jax.tree.map(
+      lambda a: rng.standard_normal(a.shape).astype(np.float32), shapes['params'])}
+      for _ in range(2))
+
+  def tx(scan_blocks):
+    c = ml_collections.ConfigDict({
+        'model': dict(name=name, scan_blocks=scan_blocks, **kw),
+        'optimizer': dict(name='adamw', lr=1e-3, weight_decay=0.05, layer_decay=layer_decay)})
+    return optimizers.make_optimizer(c, optax.constant_schedule(1e-3))
+
+  def updates(t, p, g):
+    return jax.jit(lambda p, g: t.update(g, t.init(p), p)[0])(p, g)
+
+  want = updates(tx(False), params['params'], grads['params'])
+  stacked = lambda tree: scan.stack({'params': tree}, s_model)['params']
+  got = updates(tx(True), stacked(params['params']), stacked(grads['params']))
+  want = stacked(jax.tree.map(np.asarray, want))
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+  if not layer_decay:
+    return
+  # The formula on one stacked leaf: the scan's first run is blocks 1 and 2 of L.
+  depths = (kw['depth'],) if name == 'vit_demo' else kw['depths']
+  prefix, steps = s_model.scan_layout()[0]
+  mults = optimizers.layer_decay_mults(model_family(name), depths, 0.75, got, s_model)
+  leaf = [v for k, v in traverse_util.flatten_dict(mults).items() if k[:len(prefix)] == prefix][0]
+  top = sum(depths) + 1
+  np.testing.assert_allclose(np.ravel(leaf), [0.75 ** (top - 1 - k) for k in range(len(steps))],
+                             rtol=1e-6)

@@ -10,7 +10,8 @@ config.optimizer: name ('adamw' | 'sgd'), lr (peak), b1, b2, eps, momentum (sgd)
     to the model's own frozen ones (DETR's stem + layer1, ``detr.trainable_mask``).
   layer_decay: 0 or 1 = off; d < 1 trains layer l of L at lr x d ** (L + 1 - l) (BEiT /
     SimMIM / Swin-V2 fine-tuning): ``layer_id`` numbers embeddings 0, blocks 1..L, the final
-    norm and head L + 1. Multiplies with lr_mults.
+    norm and head L + 1. Multiplies with lr_mults. Also with config.model.scan_blocks: a
+    stacked leaf gets one multiplier per layer.
 config.finetune: new_head (re-initialise the classifier head after config.init_from loads
   it, e.g. another label set with the same number of classes), freeze ('' | 'backbone':
   train only the head, a linear probe | 'head': keep the loaded head as it is).
@@ -20,14 +21,17 @@ config.schedule: name ('cosine' | 'linear' | 'step' | 'constant'), warmup_steps 
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from flax import traverse_util
 
-from swin_jax.models import create_model, model_family
+from swin_jax.models import create_model, model_family, scan
 
 # Parameter names that never get weight decay (timm's no_weight_decay + 1-D params).
 NO_DECAY_NAMES = ('pos_embed', 'cls_token', 'dist_token', 'absolute_pos_embed',
@@ -42,16 +46,31 @@ def _path_str(path) -> str:
   return '/'.join(parts)
 
 
-def decay_mask(params):
+def _stacked(model):
+  """path -> whether the leaf is stacked over layers in ``model``'s scanned layout
+  (always False for None or an unscanned model)."""
+  prefixes = ([prefix for prefix, _ in model.scan_layout()]
+              if model is not None and scan.is_scanned(model) else [])
+  def stacked(path) -> bool:
+    key = tuple(_path_str(path).split('/'))
+    return any(key[:len(q)] == q for q in prefixes)
+  return stacked
+
+
+def decay_mask(params, model=None):
   """True for leaves that get weight decay: kernels (ndim >= 2) not named in NO_DECAY_NAMES.
 
   Biases, norm scales/biases (1-D), position embeddings and class tokens get none.
+  model: the module ``params`` belong to; with scan_blocks=True a stacked leaf counts its
+  per-layer ndim (a stack of biases [L, D] is still biases).
   """
+  stacked = _stacked(model)
+
   def keep(path, leaf):
     name = _path_str(path)
     if any(re.search(rf'(^|/){n}($|/)', name) for n in NO_DECAY_NAMES):
       return False
-    return jnp.ndim(leaf) >= 2
+    return jnp.ndim(leaf) - int(stacked(path)) >= 2
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -205,15 +224,19 @@ def layer_id(family: str, name: str, depths: Sequence[int]) -> int:
                    f'not {family!r}')
 
 
-def model_depths(config) -> Tuple[str, Tuple[int, ...]]:
-  """(family, blocks per stage) of config.model, read off the module's fields (no init)."""
-  name = config.model.name
-  family = model_family(name)
-  if family not in LAYER_DECAY_FAMILIES:
-    return family, ()
+def _config_model(config):
+  """The module config.model describes (no init)."""
   overrides = {k: v for k, v in config.model.to_dict().items()
                if k not in ('name', 'dtype') and v is not None}
-  model = create_model(name, **overrides)
+  return create_model(config.model.name, **overrides)
+
+
+def model_depths(config) -> Tuple[str, Tuple[int, ...]]:
+  """(family, blocks per stage) of config.model, read off the module's fields (no init)."""
+  family = model_family(config.model.name)
+  if family not in LAYER_DECAY_FAMILIES:
+    return family, ()
+  model = _config_model(config)
   depths = (model.depth,) if family == 'vit' else tuple(model.depths)
   return family, tuple(int(d) for d in depths)
 
@@ -223,25 +246,51 @@ def _layer_mult(family: str, depths: Sequence[int], decay: float, path) -> float
   return float(decay) ** (top - layer_id(family, _path_str(path), depths))
 
 
-def layer_decay_mults(family: str, depths: Sequence[int], decay: float, params):
-  """Pytree like ``params`` of each leaf's lr multiplier decay ** (L + 1 - layer_id)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: _layer_mult(family, depths, decay, p), params)
+def layer_decay_mults(family: str, depths: Sequence[int], decay: float, params, model=None):
+  """Pytree like ``params`` of each leaf's lr multiplier decay ** (L + 1 - layer_id).
+
+  model: the module ``params`` belong to. With ``scan_blocks=True`` a stacked leaf
+  [steps, ...] holds several layers, so its multiplier is a float32 array [steps, 1, ...]
+  whose slice k is the multiplier of the per-block leaf it stacks (``scan.stack`` of the
+  unscanned multipliers); other leaves get Python floats. Only shapes of ``params`` are read.
+  """
+  if model is None or not scan.is_scanned(model):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: _layer_mult(family, depths, decay, p), params)
+  is_stacked = _stacked(model)
+  keys = lambda path: tuple(_path_str(path).split('/'))
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  stacked = {keys(p) for p, _ in leaves if is_stacked(p)}
+  # Unstack layer indices (a stacked leaf -> arange(steps)) to reach the per-block names,
+  # number those, then stack the multipliers back into the scanned layout.
+  index = {keys(p): np.arange(np.shape(v)[0]) if keys(p) in stacked else np.zeros(())
+           for p, v in leaves}
+  per_block = scan.unstack({'params': traverse_util.unflatten_dict(index)}, model)['params']
+  mults = layer_decay_mults(family, depths, decay, per_block)
+  mults = traverse_util.flatten_dict(scan.stack({'params': mults}, model)['params'])
+
+  def mult(path, leaf):
+    k = keys(path)
+    if k not in stacked:
+      return mults[k]
+    return np.asarray(mults[k], np.float32).reshape((-1,) + (1,) * (np.ndim(leaf) - 1))
+  return jax.tree_util.tree_map_with_path(mult, params)
 
 
-def scale_by_layer_decay(family: str, depths: Sequence[int],
-                         decay: float) -> optax.GradientTransformation:
-  """Multiplies each update by its ``layer_decay_mults`` entry (Python floats fixed at trace
-  time, like ``scale_by_path``); stateless."""
+def scale_by_layer_decay(family: str, depths: Sequence[int], decay: float,
+                         model=None) -> optax.GradientTransformation:
+  """Multiplies each update by its ``layer_decay_mults`` entry (constants fixed at trace
+  time, like ``scale_by_path``; per-layer arrays for a scanned ``model``); stateless."""
   def update(updates, state, params=None):
     del params
-    return jax.tree_util.tree_map_with_path(
-        lambda p, u: u * _layer_mult(family, depths, decay, p), updates), state
+    mults = layer_decay_mults(family, depths, decay, updates, model)
+    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, mults), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _layer_decay(config):
-  """config.optimizer.layer_decay checked -> (family, depths, decay) or None when off."""
+  """config.optimizer.layer_decay checked -> (family, depths, decay, model) or None when off;
+  model is the scanned module when config.model.scan_blocks (stacked leaves), else None."""
   decay = config.optimizer.get('layer_decay', 0.0)
   try:
     decay = float(decay or 0.0)
@@ -261,10 +310,8 @@ def _layer_decay(config):
                      f'{config.model.name!r} is a {family} model; layer-wise decay is defined '
                      f'for {list(LAYER_DECAY_FAMILIES)}. Set config.optimizer.layer_decay=0 '
                      f'(or use config.optimizer.lr_mults).')
-  if config.model.get('scan_blocks'):  # layer_id numbers per-block names (blocks_{i})
-    raise ValueError(f'config.optimizer.layer_decay={decay} numbers per-block parameters: set '
-                     f'config.model.scan_blocks=False (stacked blocks share one name).')
-  return family, depths, decay
+  model = _config_model(config) if config.model.get('scan_blocks') else None
+  return family, depths, decay, model
 
 
 # ---------------------------------------------------------------- fine-tuning switches
@@ -363,15 +410,18 @@ def make_optimizer(config, schedule: optax.Schedule,
   """
   o = config.optimizer
   chain = []
+  scanned = (_config_model(config) if config.get('model') and config.model.get('scan_blocks')
+             else None)
+  mask = functools.partial(decay_mask, model=scanned)
   if o.get('clip_grad_norm', 0.0):
     chain.append(optax.clip_by_global_norm(float(o.clip_grad_norm)))
   if o.name == 'adamw':
     chain.append(optax.adamw(schedule, b1=o.get('b1', 0.9), b2=o.get('b2', 0.999),
                              eps=o.get('eps', 1e-8), weight_decay=float(o.weight_decay),
-                             mask=decay_mask))
+                             mask=mask))
   elif o.name == 'sgd':
     if o.weight_decay:
-      chain.append(optax.add_decayed_weights(float(o.weight_decay), mask=decay_mask))
+      chain.append(optax.add_decayed_weights(float(o.weight_decay), mask=mask))
     chain.append(optax.sgd(schedule, momentum=o.get('momentum', 0.9), nesterov=False))
   else:
     raise ValueError(f"config.optimizer.name={o.name!r}: use 'adamw' or 'sgd'")
