@@ -316,3 +316,31 @@ def test_optimizer_of_a_scanned_model_updates_as_per_block(name, kw, size, layer
   top = sum(depths) + 1
   np.testing.assert_allclose(np.ravel(leaf), [0.75 ** (top - 1 - k) for k in range(len(steps))],
                              rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout: the scan splits the 'dropout' RNG, so each layer draws its own masks.
+
+@pytest.mark.parametrize('name, kw, size', [
+    ('vit_demo', dict(img_size=16, depth=2, embed_dim=24, num_heads=2), 16),
+    ('swin_demo', dict(depths=(4,), num_heads=(2,), embed_dim=16), 16),  # 2 scanned pairs
+])
+def test_scanned_layers_draw_their_own_dropout_masks(name, kw, size):
+  import flax.linen as nn
+  model = create_model(name, scan_blocks=True, drop_rate=0.5, num_classes=5, **kw)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, size, size, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  _, state = jax.jit(lambda v: model.apply(
+      v, x, train=True, rngs={'dropout': jax.random.PRNGKey(2)}, mutable=['intermediates'],
+      capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Dropout)))(variables)
+  prefix, steps = model.scan_layout()[0]
+  outs = {k: v[0] for k, v in traverse_util.flatten_dict(state['intermediates']).items()
+          if k[:len(prefix)] == prefix}
+  assert outs and all(v.shape[0] == len(steps) == 2 for v in outs.values()), outs.keys()
+  for k, out in outs.items():
+    dropped = np.asarray(out).reshape(2, -1) == 0  # [layer, elements]
+    n = dropped.shape[1]
+    tol = 5 * (0.25 / n) ** 0.5  # 5 sigma of a Bernoulli(0.5) mean over n draws
+    np.testing.assert_allclose(dropped.mean(1), 0.5, atol=tol, err_msg='/'.join(k))
+    # One mask for both layers would agree everywhere; independent ones on half the entries.
+    assert abs((dropped[0] == dropped[1]).mean() - 0.5) < tol, '/'.join(k)

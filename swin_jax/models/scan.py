@@ -64,10 +64,11 @@ def scan_block(cls, length: int, remat: str, in_axes: Tuple[Any, ...],
                static_argnums: Tuple[int, ...]):
   """``nn.scan`` of a block class whose ``__call__(carry, *inputs)`` returns ``(carry,
   None)``; ``in_axes`` per input: 0 (a leading layer axis of ``length``) or ``nn.broadcast``.
-  Params (and batch_stats) get the layer axis 0; the 'params' and 'dropout' RNGs are split
-  per layer, so every block is initialised and draws its masks on its own."""
+  Params, batch_stats and intermediates (``capture_intermediates``, ``sow``) get the layer
+  axis 0; the 'params' and 'dropout' RNGs are split per layer, so every block is initialised
+  and draws its masks on its own."""
   return nn.scan(remat_block(cls, remat, static_argnums, prevent_cse=False),
-                 variable_axes={'params': 0, 'batch_stats': 0},
+                 variable_axes={'params': 0, 'batch_stats': 0, 'intermediates': 0},
                  split_rngs={'params': True, 'dropout': True},
                  in_axes=tuple(in_axes), length=length)
 
