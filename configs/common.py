@@ -222,6 +222,9 @@ def detection_config():
   # Group DETR: K groups of num_queries queries in training, each matched one-to-one on its
   # own (1 = off; the paper: 11); inference keeps group 0.
   c.model.group_detr = 1
+  # H-DETR's hybrid matching: this many one-to-many queries in training, matched to the
+  # targets repeated loss.one2many_k times (0 = off; H-DETR: 1500 beside 300, k 6).
+  c.model.one2many_queries = 0
   # > 0: class_embed bias -log((1 - p) / p) (Deformable DETR with its focal loss: 0.01)
   c.model.class_prior_prob = 0.0
 
@@ -235,6 +238,9 @@ def detection_config():
   c.loss.classification = 'softmax'
   c.loss.focal_alpha = 0.25
   c.loss.focal_gamma = 2.0
+  # H-DETR (model.one2many_queries > 0): k_one2many, lambda_one2many
+  c.loss.one2many_k = 6
+  c.loss.one2many_weight = 1.0
 
   c.eval = ml_collections.ConfigDict()
   # Official numbers: point this at annotations/instances_val2017.json (the ground truth

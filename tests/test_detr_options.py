@@ -1,10 +1,11 @@
 """DETR's fast-convergence options (each off by default): fused attention with masks,
 Deformable DETR's sigmoid focal loss and focal matching cost, DN-DETR's denoising queries,
-Group DETR's query groups.
+Group DETR's query groups, H-DETR's hybrid matching (one-to-many branch).
 
 References are written out here in numpy (the focal loss and Deformable DETR's
 ``pos_cost_class - neg_cost_class``, softmax attention), by hand (the DN and group attention
-masks), by scipy (matching) or by the one-group model / criterion run per group (Group DETR).
+masks), by scipy (matching) or by the one-group model / criterion run per group (Group DETR),
+and the branch run as a DETR of its own queries (H-DETR).
 """
 import types
 
@@ -387,13 +388,19 @@ def test_fast_coco_configs():
           'focal+dn': ('detr_resnet50', 300, 5, 'focal', 1),
           'group': ('detr_resnet50', 100, 0, 'softmax', 11),
           'focal+group': ('detr_resnet50', 300, 0, 'focal', 11),
-          'group+dn': ('detr_resnet50', 100, 5, 'softmax', 11)}
+          'group+dn': ('detr_resnet50', 100, 5, 'softmax', 11),
+          'hybrid': ('detr_resnet50', 100, 0, 'softmax', 1),
+          'focal+hybrid': ('detr_resnet50', 300, 0, 'focal', 1),
+          'hybrid+dn': ('detr_resnet50', 100, 5, 'softmax', 1)}
   for arg, (name, queries, groups, cls, query_groups) in want.items():
     c = load_config('configs/detr/detr_fast.py', arg)
     validate.check_config(c)
     model = loop.model_from_config(c)
     assert (model.__class__.__name__, model.num_queries, model.dn_groups,
             model.group_detr) == ('DETR', queries, groups, query_groups)
+    # H-DETR: 5 x the one-to-one queries (1500 : 300), k 6, lambda 1
+    assert model.one2many_queries == (5 * queries if 'hybrid' in arg else 0)
+    assert (c.loss.one2many_k, c.loss.one2many_weight) == (6, 1.0)
     assert c.model.name == name and c.loss.classification == cls
     assert (c.loss.ce, c.loss.cost_class) == ((2.0, 2.0) if cls == 'focal' else (1.0, 1.0))
     assert c.num_epochs == 50 and c.schedule.decay_epochs == (40,)
@@ -572,3 +579,148 @@ def test_group_detr_config_checked_and_task_counts_groups():
   assert (task.num_groups(shaped(12)), task.num_groups(shaped(4))) == (3, 1)  # train, eval
   with pytest.raises(ValueError, match='config.model.num_queries'):
     task.num_groups(shaped(8))
+
+
+# ---------------------------------------------------------------- hybrid matching (H-DETR)
+
+
+def test_hybrid_attention_mask_written_out():
+  # 2 matching queries (m), 3 one-to-many (o): H-DETR's self_attn_mask, neither sees the other
+  #                m  m  o  o  o
+  want = np.array([[1, 1, 0, 0, 0],
+                   [1, 1, 0, 0, 0],
+                   [0, 0, 1, 1, 1],
+                   [0, 0, 1, 1, 1],
+                   [0, 0, 1, 1, 1]], bool)
+  np.testing.assert_array_equal(np.asarray(detr_lib.dn_attention_mask(2, 0, 0, one2many=3)),
+                                want)
+  # with dn: 2 matching, 2 one-to-many, 2 dn groups (a, b) of 1 query
+  #                 m  m  o  o  a  b
+  want = np.array([[1, 1, 0, 0, 0, 0],
+                   [1, 1, 0, 0, 0, 0],
+                   [0, 0, 1, 1, 0, 0],   # o: the one-to-many queries only
+                   [0, 0, 1, 1, 0, 0],
+                   [1, 1, 0, 0, 1, 0],   # a: the matching queries + itself, as without o
+                   [1, 1, 0, 0, 0, 1]], bool)
+  np.testing.assert_array_equal(np.asarray(detr_lib.dn_attention_mask(2, 2, 1, one2many=2)),
+                                want)
+
+
+TINY_H = dict(TINY, one2many_queries=6)  # with TINY's 3 dn groups: hybrid + dn
+M_H = TINY_H['one2many_queries']
+
+
+@pytest.fixture(scope='module')
+def hybrid_run():
+  """The tiny DN + hybrid DETR (5 matching + 6 one-to-many queries, 3 dn groups): its
+  training and inference outputs, the same weights without the hybrid branch
+  (one2many_queries=0) in training, and a DETR with 6 queries whose query table is
+  query_embed_one2many (no dn) in training; one compile each."""
+  model = create_model('detr_resnet50', **TINY_H)
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 32, 32, 3)), jnp.float32)
+  train_kw = dict(train=True, targets=_targets(), rngs={'dropout': jax.random.key(1)})
+  out, variables = jax.jit(lambda: model.init_with_output(
+      {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x, train=True,
+      targets=_targets()))()
+  params = dict(variables['params'])
+  table = params.pop('query_embed_one2many')['embedding']
+  plain = dict(variables, params=params)
+  no_hybrid = jax.jit(lambda v: model.clone(one2many_queries=0).apply(v, x, **train_kw))(plain)
+  as_detr = dict(variables, params=dict(params, query_embed={'embedding': table}))
+  branch = jax.jit(lambda v: model.clone(one2many_queries=0, dn_groups=0, num_queries=M_H)
+                   .apply(v, x, train=True))(as_detr)
+  infer = jax.jit(lambda v: model.apply(v, x))(variables)
+  host = lambda t: jax.tree.map(np.asarray, t)
+  return types.SimpleNamespace(train=host(out), variables=host(variables),
+                               no_hybrid=host(no_hybrid), branch=host(branch), infer=host(infer))
+
+
+def test_hybrid_branch_is_hidden_both_ways_and_dropped_at_inference(hybrid_run):
+  r = hybrid_run
+  o2m = r.train['one2many_outputs']
+  assert r.variables['params']['query_embed_one2many']['embedding'].shape == (M_H, 32)
+  assert o2m['pred_logits'].shape == (2, M_H, 5) and o2m['pred_boxes'].shape == (2, M_H, 4)
+  assert len(o2m['aux_outputs']) == 1
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  names = ('pred_logits', 'pred_boxes')
+  # the matching and dn queries never see the one-to-many ones: their outputs are those of
+  # the model without the branch
+  for n in names:
+    close(r.train[n], r.no_hybrid[n])
+    close(r.train['aux_outputs'][0][n], r.no_hybrid['aux_outputs'][0][n])
+    close(r.train['dn_outputs'][n], r.no_hybrid['dn_outputs'][n])
+  # ... and they see only each other: the branch is a DETR of its own 6 queries
+  for n in names:
+    close(o2m[n], r.branch[n])
+    close(o2m['aux_outputs'][0][n], r.branch['aux_outputs'][0][n])
+  assert np.abs(o2m['pred_boxes'][:, :5] - r.train['pred_boxes']).max() > 1e-3  # not vacuous
+  # inference: no branch, the public contract, the model without it
+  assert set(r.infer) == {'pred_logits', 'pred_boxes', 'aux_outputs'}
+  for n in names:
+    np.testing.assert_allclose(r.infer[n], r.no_hybrid[n], rtol=1e-5, atol=1e-6)
+
+
+def test_hybrid_loss_is_h_detr_train_hybrid(hybrid_run):
+  """HDETR/H-Deformable-DETR engine.train_hybrid: loss = criterion(one-to-one, targets) +
+  lambda x criterion(one-to-many, each image's targets repeated k times), num_boxes x k.
+  Reference: the one-to-one criterion on its own, and for the branch scipy's assignment of
+  its cost against the repeated real targets, the L1 / GIoU sums written out in numpy."""
+  import scipy.optimize
+  from swin_jax.detection import boxes as box_ops
+  out, tg = hybrid_run.train, _targets()
+  C, k, lam = TINY['num_classes'], 2, 0.5
+  nodn = {n: v for n, v in out.items() if n != 'dn_outputs'}
+  c = crit.SetCriterion(C, matcher='scipy', one2many_k=k, one2many_weight=lam)
+  total, m = jax.tree.map(np.asarray, jax.jit(lambda o: c(o, tg))(nodn))
+  one2one = {n: v for n, v in nodn.items() if n != 'one2many_outputs'}
+  t_one, m_one = jax.tree.map(np.asarray, jax.jit(lambda o: c(o, tg))(one2one))
+  for n in ('loss_ce', 'loss_bbox', 'loss_giou', 'loss_ce_0'):
+    np.testing.assert_allclose(m[n], m_one[n], rtol=1e-6)  # the one-to-one part unchanged
+  # the branch, last layer: scipy on the cost against the k-times repeated real targets
+  o2m = out['one2many_outputs']
+  n_real = tg['valid'].sum()
+  cw = c.cost_weights
+  l1 = giou = 0.0
+  for b in range(2):
+    real = np.flatnonzero(tg['valid'][b])
+    rep_labels = np.tile(tg['labels'][b, real], k)
+    rep_boxes = np.tile(tg['boxes'][b, real], (k, 1))
+    cost = np.asarray(crit.matching_cost(o2m['pred_logits'][b:b + 1], o2m['pred_boxes'][b:b + 1],
+                                         rep_labels[None], rep_boxes[None], cw['class_'],
+                                         cw['bbox'], cw['giou']))[0]
+    rows, cols = scipy.optimize.linear_sum_assignment(cost)
+    assert len(rows) == k * len(real)  # every repeated target gets its own query
+    pb, tb = o2m['pred_boxes'][b, rows], rep_boxes[cols]
+    l1 += np.abs(pb - tb).sum()
+    g = np.asarray(box_ops.generalized_box_iou(box_ops.box_cxcywh_to_xyxy(jnp.asarray(pb)),
+                                               box_ops.box_cxcywh_to_xyxy(jnp.asarray(tb))))
+    giou += (1 - np.diag(g)).sum()
+  np.testing.assert_allclose(m['loss_bbox_one2many'], l1 / (k * n_real), rtol=1e-5)
+  np.testing.assert_allclose(m['loss_giou_one2many'], giou / (k * n_real), rtol=1e-5)
+  # the total: the one-to-one total + lambda x the branch's weighted losses (every layer)
+  branch = sum(c.weight_dict[n] * m[n + s + '_one2many'] for n in c.weight_dict
+               for s in ('', '_0'))
+  np.testing.assert_allclose(total, t_one + lam * branch, rtol=1e-5)
+
+
+def test_hybrid_config_checked_and_task_wired():
+  with pytest.raises(ValueError, match='config.model.one2many_queries'):
+    create_model('detr_resnet50', one2many_queries=-1).init(jax.random.key(0),
+                                                           jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match='one2many_queries=0 or group_detr=1'):
+    create_model('detr_resnet50', one2many_queries=4, group_detr=2).init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  from configs import common
+  c = common.detection_config()
+  assert not c.model.get('one2many_queries')  # off by default: DETR's loss and logs
+  assert 'loss_ce_one2many' not in tasks.DetectionTask(c).logged
+  c.model.one2many_queries = 30
+  task = tasks.DetectionTask(c)
+  assert (task.criterion.one2many_k, task.criterion.one2many_weight) == (6, 1.0)
+  assert 'loss_bbox_one2many' in task.logged
+  c.loss.one2many_k = 0
+  with pytest.raises(ValueError, match=r'config\.loss\.one2many_k=0'):
+    tasks.DetectionTask(c)
+  c.loss.one2many_k, c.loss.one2many_weight = 3, -1.0
+  with pytest.raises(ValueError, match=r'config\.loss\.one2many_weight=-1\.0'):
+    tasks.DetectionTask(c)

@@ -86,6 +86,13 @@ Options (off by default; DETR's numbers above are unchanged without them):
   same weight sum). ``class_error`` pools the groups' matches; ``cardinality_error`` is the
   mean over (image, group) pairs (official: over all K * Q queries at once, against one
   image's targets). The dn losses are unchanged (added once).
+* Hybrid matching (H-DETR): when ``outputs`` has ``one2many_outputs`` (``DETR`` with
+  ``one2many_queries > 0`` in training), those queries get the whole set loss again
+  (Hungarian matching, every layer) against the targets repeated ``one2many_k`` times,
+  with num_boxes x k, and the total adds ``one2many_weight`` x it: HDETR/H-Deformable-DETR's
+  ``train_hybrid`` (``boxes.repeat(k_one2many, 1)``, ``criterion(outputs_one2many,
+  multi_targets)``, each loss x ``lambda_one2many`` under the same weights). So each
+  object is matched to up to k of those queries. The metrics get ``_one2many`` keys.
 """
 import functools
 
@@ -403,11 +410,16 @@ class SetCriterion:
     focal: None (DETR's softmax cross-entropy and cost) or (alpha, gamma):
       Deformable DETR's sigmoid focal loss and focal matching cost (module
       docstring); pass FOCAL_WEIGHTS / FOCAL_COST_WEIGHTS for its weights.
+    one2many_k, one2many_weight: H-DETR's k_one2many and lambda_one2many (6, 1.0),
+      used when the outputs have ``one2many_outputs`` (module docstring).
   """
 
   def __init__(self, num_classes, matcher='hungarian', eos_coef=0.1,
-               weights=None, cost_weights=None, aux_loss=True, focal=None):
+               weights=None, cost_weights=None, aux_loss=True, focal=None,
+               one2many_k=6, one2many_weight=1.0):
     self.num_classes = num_classes
+    self.one2many_k = int(one2many_k)
+    self.one2many_weight = float(one2many_weight)
     self.focal = None if focal is None else (float(focal[0]), float(focal[1]))
     self.matcher = matcher
     self.eos_coef = eos_coef
@@ -459,6 +471,10 @@ class SetCriterion:
       num_groups: Group DETR's K (static): pred_* hold K groups of Q queries
         [B, K * Q, .], matched group by group; num_boxes is multiplied by K
         (clamped >= 1 after, as the official code). 1: DETR.
+      outputs['one2many_outputs'] (H-DETR): {pred_logits, pred_boxes, aux_outputs}
+        of the one-to-many queries, given the whole loss again against the targets
+        repeated one2many_k times (num_boxes x k), weighted one2many_weight; its
+        metrics get the suffix ``_one2many``.
 
     Returns:
       (total_loss scalar, metrics dict of scalars): the DETR loss dict
@@ -476,7 +492,8 @@ class SetCriterion:
       raise ValueError(f'num_groups={num_groups!r} must be >= 1 (Group DETR\'s K; 1 = DETR).')
     if num_boxes is None:
       num_boxes = jnp.sum(valid).astype(jnp.float32)
-    num_boxes = jnp.maximum(G * jnp.asarray(num_boxes, jnp.float32), 1.0)
+    real_boxes = jnp.asarray(num_boxes, jnp.float32)  # before the groups and the clamp
+    num_boxes = jnp.maximum(G * real_boxes, 1.0)
     if G > 1:  # Group DETR: every group an image of its own, against the same targets
       outputs = split_groups(outputs, G)
       labels, boxes, valid = (jnp.repeat(x, G, axis=0) for x in (labels, boxes, valid))
@@ -527,5 +544,15 @@ class SetCriterion:
         for k, wt in self.weight_dict.items():
           total = total + wt * losses[k]
         metrics.update({k + suffix: v for k, v in losses.items()})
+    one2many = outputs.get('one2many_outputs')
+    if one2many is not None:  # H-DETR's hybrid branch: the targets repeated k times
+      k = self.one2many_k
+      if k < 1:
+        raise ValueError(f'one2many_k={k} must be >= 1 (config.loss.one2many_k; H-DETR: 6).')
+      repeated = {'labels': jnp.tile(labels, (1, k)), 'boxes': jnp.tile(boxes, (1, k, 1)),
+                  'valid': jnp.tile(valid, (1, k))}
+      o2m_total, o2m = self(one2many, repeated, num_boxes=k * real_boxes)
+      total = total + self.one2many_weight * o2m_total
+      metrics.update({key + '_one2many': v for key, v in o2m.items() if key != 'loss'})
     metrics['loss'] = total
     return total, metrics

@@ -8,7 +8,7 @@ short mapping (``swin_jax.convert.detr``):
   ``'frozen'`` collection), or a Swin (``backbone='swin_tiny_patch4_window7_224'``: its last
   stage map, with the padding mask handed to it).
 * ``input_proj``: 1x1 conv to ``hidden_dim``; ``query_embed/embedding`` [Q, d] ([K * Q, d]
-  with Group DETR).
+  with Group DETR; H-DETR's one-to-many queries in ``query_embed_one2many``).
 * ``transformer/encoder/layers_{i}/{self_attn/{in_proj, out_proj}, linear1, linear2, norm1,
   norm2}`` (``in_proj`` is torch's fused ``in_proj_weight`` [3d, d] as one Dense d -> 3d);
   ``transformer/encoder/norm`` only with ``pre_norm``.
@@ -21,8 +21,9 @@ short mapping (``swin_jax.convert.detr``):
 ``{'pred_logits': [B, Q, num_classes + 1], 'pred_boxes': [B, Q, 4] (cx, cy, w, h in [0, 1]),
 'aux_outputs': [{'pred_logits', 'pred_boxes'}] * (dec_layers - 1)}`` (aux only with
 ``aux_loss``). ``train=True`` turns dropout on (rng 'dropout'); in training the options
-add to it: ``dn_outputs`` (DN-DETR, ``dn_groups > 0``) and, with Group DETR
-(``group_detr`` K > 1), K * Q queries in place of Q (``DETR`` docstring).
+add to it: ``dn_outputs`` (DN-DETR, ``dn_groups > 0``), ``one2many_outputs`` (H-DETR's
+hybrid matching, ``one2many_queries > 0``) and, with Group DETR (``group_detr`` K > 1),
+K * Q queries in place of Q (``DETR`` docstring).
 
 Trainable leaves: as the official code, the ResNet stem and ``layer1`` get no gradient
 (stop_gradient after layer1) and ``trainable_mask(params)`` marks them False for the
@@ -398,7 +399,7 @@ def dn_noise(rng, labels, boxes, valid, groups: int, num_classes: int,
 
 
 def dn_attention_mask(num_queries: int, groups: int, group_size: int, dn_valid=None,
-                      query_groups: int = 1):
+                      query_groups: int = 1, one2many: int = 0):
   """Decoder self-attention mask (True = may attend) of [query_groups x num_queries
   matching queries, then groups x group_size dn queries].
 
@@ -409,12 +410,17 @@ def dn_attention_mask(num_queries: int, groups: int, group_size: int, dn_valid=N
   group meets the context of the one-group decoder it trains, as in DN-DETR). With
   ``dn_valid`` [B, P] the padded dn queries are hidden from every query as well (DN-DETR
   lets them into attention; here they influence nothing). ``groups=0``: no dn queries.
+  ``one2many`` M > 0 (H-DETR's one-to-many queries, after the matching ones, before the dn
+  ones): they see only each other and no other query sees them, H-DETR's mask (its
+  ``self_attn_mask``); dn queries do not see them either.
 
-  Returns bool [n, n] (no dn_valid) or [B, 1, n, n], n = query_groups * num_queries + P.
+  Returns bool [n, n] (no dn_valid) or [B, 1, n, n], n = query_groups * num_queries + M + P.
   """
-  nq = query_groups * num_queries
-  # one label per query: matching group g -> g, dn group j -> query_groups + j
+  nq = query_groups * num_queries + one2many
+  # one label per query: matching group g -> g, one-to-many -> -1, dn group j ->
+  # query_groups + j
   label = np.concatenate([np.repeat(np.arange(query_groups), num_queries),
+                          np.full(one2many, -1),
                           query_groups + np.repeat(np.arange(groups), group_size)])
   row, col = label[:, None], label[None, :]
   allowed = (row == col) | ((row >= query_groups) & (col == 0))  # [n, n]
@@ -460,6 +466,15 @@ class DETR(nn.Module):
   K * Q queries (group-major); ``SetCriterion(..., num_groups=K)`` matches each group on its
   own. At inference only group 0 runs: the outputs have Q queries and equal those of a
   DETR whose query table is group 0's rows. Combines with dn (dn queries after the K * Q).
+
+  Hybrid matching (H-DETR, Jia et al., CVPR 2023; off unless ``one2many_queries`` M > 0):
+  in training M more queries (``query_embed_one2many`` [M, d]) run after the matching ones,
+  hidden from them and they from the matching queries (``dn_attention_mask``'s one-to-many
+  block, H-DETR's ``self_attn_mask``); heads shared. The output gains ``one2many_outputs``
+  {'pred_logits' [B, M, C + 1], 'pred_boxes' [B, M, 4], 'aux_outputs'}, which
+  ``SetCriterion`` matches to the targets repeated ``one2many_k`` times. At inference they
+  do not run: the model is DETR. Combines with dn; not with Group DETR (H-DETR's branch is
+  one extra group of another size and supervision).
   """
   num_classes: int = 91
   num_queries: int = 100
@@ -491,6 +506,8 @@ class DETR(nn.Module):
   dn_box_noise: float = 0.4
   # Group DETR: K groups of num_queries queries in training (1 = off; the paper: 11).
   group_detr: int = 1
+  # H-DETR's one-to-many queries in training (0 = off; H-DETR: 1500 beside 300, k = 6).
+  one2many_queries: int = 0
   # > 0: class_embed's bias starts at -log((1 - p) / p), every class scored p by the
   # sigmoid (Deformable DETR with its focal loss: p = 0.01); 0: zeros, as here before.
   class_prior_prob: float = 0.0
@@ -508,6 +525,14 @@ class DETR(nn.Module):
     if not isinstance(self.group_detr, (int, np.integer)) or self.group_detr < 1:
       raise ValueError(f'config.model.group_detr={self.group_detr!r} must be an int >= 1 '
                        f'(1 = off; Group DETR: 11 groups).')
+    m = self.one2many_queries
+    if not isinstance(m, (int, np.integer)) or m < 0:
+      raise ValueError(f'config.model.one2many_queries={m!r} must be an int >= 0 '
+                       f'(0 = off; H-DETR: 1500 next to 300 queries).')
+    if m and self.group_detr > 1:
+      raise ValueError(f'config.model.one2many_queries={m} with config.model.group_detr='
+                       f'{self.group_detr}: use one of hybrid matching and Group DETR (set '
+                       f'one2many_queries=0 or group_detr=1).')
 
   @nn.compact
   def __call__(self, x, mask: Optional[jax.Array] = None, train: bool = False,
@@ -546,6 +571,15 @@ class DETR(nn.Module):
     # attentions of Q queries (the official code's trick: K x fewer logits than the mask);
     # with dn queries beside them the mask (dn_attention_mask) says who sees whom.
     self_mask, attn_groups = None, groups
+    m = self.one2many_queries if train else 0  # H-DETR: the one-to-many branch trains only
+    if self.one2many_queries:
+      one2many_embed = nn.Embed(self.one2many_queries, d,
+                                embedding_init=nn.initializers.normal(1.0),
+                                name='query_embed_one2many').embedding  # [M, d]
+      if m:
+        query_pos = jnp.concatenate([query_pos, one2many_embed.astype(self.dtype)], axis=0)
+        self_mask, attn_groups = dn_attention_mask(Q, 0, 0, one2many=m), 1
+    nm = nq + m  # the queries before the dn ones
     if self.dn_groups:
       dn_label_embed = nn.Embed(self.num_classes, d, name='dn_label_embed')
       dn_box_embed = MLP(d, d, 2, self.dtype, name='dn_box_embed')
@@ -563,9 +597,10 @@ class DETR(nn.Module):
         dn_tgt = dn_label_embed(noised_labels).astype(self.dtype) * live
         dn_pos = dn_box_embed(sine_box_embedding(noised_boxes, d // 2)) * live
         query_pos = jnp.concatenate(
-            [jnp.broadcast_to(query_pos[None], (B, nq, d)), dn_pos.astype(self.dtype)], axis=1)
-        tgt = jnp.concatenate([jnp.zeros((B, nq, d), self.dtype), dn_tgt], axis=1)
-        self_mask = dn_attention_mask(Q, self.dn_groups, T, dn_valid, query_groups=groups)
+            [jnp.broadcast_to(query_pos[None], (B, nm, d)), dn_pos.astype(self.dtype)], axis=1)
+        tgt = jnp.concatenate([jnp.zeros((B, nm, d), self.dtype), dn_tgt], axis=1)
+        self_mask = dn_attention_mask(Q, self.dn_groups, T, dn_valid, query_groups=groups,
+                                      one2many=m)
         attn_groups = 1
         dn = dict(labels=gt_labels, boxes=gt_boxes, valid=dn_valid)
       elif self.is_initializing():  # create the dn parameters, unused at inference
@@ -586,13 +621,18 @@ class DETR(nn.Module):
                       name='class_embed')(hs)
     boxes = jax.nn.sigmoid(MLP(d, 4, 3, self.dtype, name='bbox_embed')(hs).astype(jnp.float32))
     logits = logits.astype(jnp.float32)
-    if dn is not None:  # split off the denoising queries (after the nq matching ones)
-      dn = dict(dn, pred_logits=logits[:, :, nq:], pred_boxes=boxes[:, :, nq:])
-      logits, boxes = logits[:, :, :nq], boxes[:, :, :nq]
-    out = {'pred_logits': logits[-1], 'pred_boxes': boxes[-1]}
+    if dn is not None:  # split off the denoising queries (after the nm others)
+      dn = dict(dn, pred_logits=logits[:, :, nm:], pred_boxes=boxes[:, :, nm:])
+    layers = lambda lo, bo: (
+        {'pred_logits': lo[-1], 'pred_boxes': bo[-1]},
+        [{'pred_logits': a, 'pred_boxes': b} for a, b in zip(lo[:-1], bo[:-1])])
+    out, aux = layers(logits[:, :, :nq], boxes[:, :, :nq])
     if self.aux_loss:
-      out['aux_outputs'] = [{'pred_logits': a, 'pred_boxes': b}
-                            for a, b in zip(logits[:-1], boxes[:-1])]
+      out['aux_outputs'] = aux
+    if m:  # H-DETR's one-to-many branch, after the nq matching queries
+      out['one2many_outputs'], aux = layers(logits[:, :, nq:nm], boxes[:, :, nq:nm])
+      if self.aux_loss:
+        out['one2many_outputs']['aux_outputs'] = aux
     if dn is not None:
       out['dn_outputs'] = dn
     return out

@@ -231,6 +231,21 @@ def focal_options(loss_cfg):
   return alpha, gamma
 
 
+def one2many_options(config):
+  """config.loss.one2many_k / one2many_weight -> SetCriterion's (H-DETR's k_one2many and
+  lambda_one2many), checked; only read when config.model.one2many_queries > 0."""
+  lc = config.get('loss', {}) or {}
+  k, weight = lc.get('one2many_k', 6), lc.get('one2many_weight', 1.0)
+  if int(config.model.get('one2many_queries', 0) or 0) > 0:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+      raise ValueError(f'config.loss.one2many_k={k!r} must be an int >= 1 (each target '
+                       f'repeated k times for the one-to-many queries; H-DETR: 6).')
+    if not isinstance(weight, (int, float)) or weight < 0:
+      raise ValueError(f'config.loss.one2many_weight={weight!r} must be a number >= 0 '
+                       f'(H-DETR\'s lambda_one2many: 1.0).')
+  return {'one2many_k': int(k), 'one2many_weight': float(weight)}
+
+
 class DetectionTask:
   """DETR: Hungarian set loss (``SetCriterion``) in training, COCO AP (pycocotools) in eval.
 
@@ -243,6 +258,9 @@ class DetectionTask:
   (``coco.postprocess``; the pictures and swin_jax.predict score the same way).
   config.model.dn_groups > 0 (DN-DETR denoising queries): the model gets the ground truth
   in training (``model_kwargs``) and the criterion adds the ``*_dn`` losses.
+  config.model.one2many_queries = M > 0 (H-DETR's hybrid matching): M more queries in
+  training, matched to the targets repeated config.loss.one2many_k times (6) and weighted
+  config.loss.one2many_weight (1.0); the criterion adds the ``*_one2many`` losses.
   config.model.group_detr = K > 1 (Group DETR): the training outputs hold K * num_queries
   queries, matched group by group (``SetCriterion(..., num_groups=K)``); eval outputs
   (group 0 only) are scored as DETR's.
@@ -266,9 +284,13 @@ class DetectionTask:
         weights={'ce': get('ce', 1.0), 'bbox': get('bbox', 5.0), 'giou': get('giou', 2.0)},
         cost_weights={'class_': get('cost_class', 1.0), 'bbox': get('cost_bbox', 5.0),
                       'giou': get('cost_giou', 2.0)},
-        aux_loss=bool(config.model.get('aux_loss', True)), focal=self.focal)
+        aux_loss=bool(config.model.get('aux_loss', True)), focal=self.focal,
+        **one2many_options(config))
+    self.one2many = int(config.model.get('one2many_queries', 0) or 0) > 0
     self.logged = LOGGED_DETECTION_METRICS + (
-        ('loss_ce_dn', 'loss_bbox_dn', 'loss_giou_dn') if self.dn else ())
+        ('loss_ce_dn', 'loss_bbox_dn', 'loss_giou_dn') if self.dn else ()) + (
+        ('loss_ce_one2many', 'loss_bbox_one2many', 'loss_giou_one2many')
+        if self.one2many else ())
     self._groundtruth: Dict[str, Any] = {}
     self._pictures = None  # predictor.EvalPictures, built at the first evaluation
     if config.get('num_prediction_images', 0):
