@@ -27,6 +27,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution,
                                   FloatDistribution, IntDistribution)
 from optuna.trial import FrozenTrial, TrialState
 
+from swin_jax.procs import pid_alive
 from swin_jax.sweep.spec import (Run, Search, Sweep, SweepError, lower_is_better, make_run,
                                  unknown)
 
@@ -285,16 +286,6 @@ def previous(study: optuna.Study, name: str, number: int) -> Optional[FrozenTria
         t.user_attrs.get('duplicate_of') is None):
       out = t
   return out
-
-
-def pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def fail_dead_trials(study: optuna.Study) -> List[int]:

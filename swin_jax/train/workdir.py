@@ -39,6 +39,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from swin_jax import procs
 from swin_jax.train import checkpointing
 
 log = logging.getLogger('swin_jax')
@@ -59,27 +60,6 @@ def not_writable(workdir: str, err: OSError) -> PermissionError:
       f'--workdir={workdir} is not writable ({what}): training writes checkpoints, logs and '
       f'config.json there. Use a writable --workdir, or fix its permissions '
       f'(--mode=evaluate only reads a workdir).')
-
-
-def _process_start(pid: int) -> Optional[str]:
-  """The start time of process ``pid`` in clock ticks since boot (Linux /proc), which tells
-  a reused pid from the original; None where unknown."""
-  try:
-    with open(f'/proc/{pid}/stat') as f:  # pylint: disable=unspecified-encoding
-      # Field 22; the command name (field 2) is in parentheses and may contain spaces.
-      return f.read().rsplit(')', 1)[1].split()[19]
-  except (OSError, IndexError):
-    return None
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # exists, owned by another user
-    return True
-  return True
 
 
 def _describe(holder: dict) -> str:
@@ -152,7 +132,7 @@ class WorkdirLock:
   def _new_info(self) -> dict:
     now = time.time()
     return {'host': socket.gethostname(), 'pid': os.getpid(),
-            'pid_start': _process_start(os.getpid()), 'started': now, 'heartbeat': now,
+            'pid_start': procs.process_start(os.getpid()), 'started': now, 'heartbeat': now,
             'token': uuid.uuid4().hex, 'command': ' '.join(sys.argv)[:1000]}
 
   def _stale_reason(self, holder: Optional[dict]) -> Optional[str]:
@@ -165,10 +145,10 @@ class WorkdirLock:
       return f'it is unreadable and {age:.0f} s old' if age > 10 else None
     if holder.get('host') == socket.gethostname():
       pid = holder.get('pid')
-      if not isinstance(pid, int) or not _pid_alive(pid):
+      if not isinstance(pid, int) or not procs.pid_alive(pid):
         return f'its process ({_describe(holder)}) is gone'
       start = holder.get('pid_start')
-      if start is not None and _process_start(pid) not in (None, start):
+      if start is not None and procs.process_start(pid) not in (None, start):
         return f'pid {pid} is now another process (the holder, {_describe(holder)}, is gone)'
       return None
     age = time.time() - float(holder.get('heartbeat') or 0)
