@@ -597,10 +597,10 @@ def cutmix_cases():
   with np.load(CUTMIX_GOLDEN) as g:
     arrays = {k: g[k] for k in g.files}
   cases = [{k: v[i] for k, v in arrays.items()} for i in range(len(arrays['lam']))]
-  # timm 1.0.31 gives a box of nominal side `cut` exactly (ceil(cut / 2) below the centre);
-  # ours floors both half-sides (as timm 1.0.29 and earlier, e.g. the 0.3 / 0.4 of the
-  # DeiT / Swin runs), one pixel short for an odd side. Split by that, so that the even
-  # sides are held to timm exactly.
+  # timm 1.0.31 gives a box of nominal side `cut` exactly (ceil(cut / 2) below the centre),
+  # and so does ours; timm 1.0.29 and earlier (the 0.3 / 0.4 of the DeiT / Swin runs)
+  # floored both half-sides, one pixel short for an odd side. The odd sides, where the two
+  # rules differ, are their own tests.
   odd = lambda c: any(int(n * math.sqrt(1.0 - float(c['lam']))) % 2 for n in c['size'])
   return {'even': [c for c in cases if not odd(c)], 'odd': [c for c in cases if odd(c)]}
 
@@ -641,10 +641,6 @@ def test_rand_bbox_matches_timm_for_even_sides(monkeypatch, cutmix_cases):
     _check_box_against_timm(monkeypatch, case)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'swin_jax.data.mixup.rand_bbox floors both half-sides (y_hi = cy + cut_h // 2, as timm '
-    '<= 1.0.29); timm 1.0.31 ends the box at cy + (cut_h + 1) // 2, so an odd side is one pixel '
-    'longer there. Strict: passes (and so fails here) once rand_bbox follows timm 1.0.31.'))
 def test_rand_bbox_matches_timm_for_odd_sides(monkeypatch, cutmix_cases):
   for case in cutmix_cases['odd']:
     _check_box_against_timm(monkeypatch, case)
@@ -690,9 +686,6 @@ def test_cutmix_corrected_lam_matches_timm_for_even_sides(monkeypatch, cutmix_ca
   _check_cutmix_against_timm(monkeypatch, cutmix_cases['even'])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'as test_rand_bbox_matches_timm_for_odd_sides: an odd side is one pixel shorter than '
-    'timm 1.0.31\'s, so the pasted area and the corrected lam differ'))
 def test_cutmix_corrected_lam_matches_timm_for_odd_sides(monkeypatch, cutmix_cases):
   _check_cutmix_against_timm(monkeypatch, cutmix_cases['odd'])
 

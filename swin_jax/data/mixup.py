@@ -67,8 +67,10 @@ def rand_bbox(rng: jax.Array, height: int, width: int,
   """timm `rand_bbox` (margin 0): a box of about (1 - lam) of the area.
 
   The box has nominal sides int(H * sqrt(1 - lam)), int(W * sqrt(1 - lam)),
-  centred on a uniform pixel (cy, cx) and clipped to the image; half-sides
-  are floored, as in timm, so an odd side loses one pixel.
+  centred on a uniform pixel (cy, cx) and clipped to the image: rows
+  cy - cut_h // 2 .. cy + (cut_h + 1) // 2 (timm >= 1.0.30), so an odd side
+  keeps its nominal length (timm <= 1.0.29 floored both halves: one pixel
+  less).
 
   Args:
     rng: PRNG key.
@@ -86,9 +88,9 @@ def rand_bbox(rng: jax.Array, height: int, width: int,
   cy = jax.random.randint(ky, (), 0, height)
   cx = jax.random.randint(kx, (), 0, width)
   y_lo = jnp.clip(cy - cut_h // 2, 0, height)
-  y_hi = jnp.clip(cy + cut_h // 2, 0, height)
+  y_hi = jnp.clip(cy + (cut_h + 1) // 2, 0, height)
   x_lo = jnp.clip(cx - cut_w // 2, 0, width)
-  x_hi = jnp.clip(cx + cut_w // 2, 0, width)
+  x_hi = jnp.clip(cx + (cut_w + 1) // 2, 0, width)
   return y_lo, y_hi, x_lo, x_hi
 
 
