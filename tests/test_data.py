@@ -276,6 +276,21 @@ def test_missing_dataset_error(tmp_path):
     data.get_num_examples(cfg, 'train')
 
 
+def test_builders_leave_no_temp_dirs(tmp_path, monkeypatch):
+  """tfds's DatasetInfo.initialize_from_bucket makes tempfile.mkdtemp('tfds') for a builder
+  whose data is not prepared and leaves it there, empty (hundreds piled up in /tmp):
+  preparing the embedded set and looking up an unprepared dataset leave none behind."""
+  import tempfile
+  scratch = tmp_path / 'tmp'
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+  digits.prepare_embedded(str(tmp_path / 'data'))  # not prepared yet: the probe runs
+  with pytest.raises(data.DatasetNotFoundError):
+    data.get_num_examples(make_cfg(str(tmp_path / 'none'), dataset='imagenet2012',
+                                   eval_split='validation', num_classes=1000), 'validation')
+  assert [p.name for p in scratch.iterdir() if p.name.endswith('tfds')] == []
+
+
 def test_config_errors(data_dir):
   cfg = make_cfg(data_dir, eval_split='validation')
   with pytest.raises(ValueError, match=r"config.input.eval_split.*'test'"):

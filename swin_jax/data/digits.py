@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from typing import Dict, Iterator, Optional, Tuple
 
 from etils import epath
@@ -186,18 +187,36 @@ def gcs_disabled() -> Iterator[None]:
 
   A builder whose data is not prepared yet asks the public GCS bucket for
   pre-computed DatasetInfo. tfds 4.9.10 disables that by default; older
-  releases did not, so force it off (private flag, guarded).
+  releases did not, so force it off (private flag, guarded). The probe first
+  makes a temp dir (``tempfile.mkdtemp('tfds')``, DatasetInfo.
+  initialize_from_bucket) and leaves it behind, empty, when the bucket has
+  nothing: the empty ones that appeared meanwhile are removed on exit.
   """
   from tensorflow_datasets.core.utils import gcs_utils  # pylint: disable=g-import-not-at-top
-  if not hasattr(gcs_utils, '_is_gcs_disabled'):
-    yield
-    return
-  saved = gcs_utils._is_gcs_disabled  # pylint: disable=protected-access
-  gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
+  before = _tfds_temp_dirs()
+  saved = getattr(gcs_utils, '_is_gcs_disabled', None)
+  if saved is not None:
+    gcs_utils._is_gcs_disabled = True  # pylint: disable=protected-access
   try:
     yield
   finally:
-    gcs_utils._is_gcs_disabled = saved  # pylint: disable=protected-access
+    if saved is not None:
+      gcs_utils._is_gcs_disabled = saved  # pylint: disable=protected-access
+    for d in _tfds_temp_dirs() - before:
+      try:
+        os.rmdir(d)  # only if empty
+      except OSError:
+        pass
+
+
+def _tfds_temp_dirs() -> set:
+  """The ``tmp*tfds`` dirs in the temp dir (what initialize_from_bucket makes)."""
+  root = tempfile.gettempdir()
+  try:
+    names = os.listdir(root)
+  except OSError:
+    return set()
+  return {os.path.join(root, n) for n in names if n.startswith('tmp') and n.endswith('tfds')}
 
 
 def prepare_builder(builder_cls, data_dir: Optional[str] = None,
