@@ -58,8 +58,14 @@ def quiet_startup() -> None:
 
   Idempotent. Sets TF_CPP_MIN_LOG_LEVEL (inherited by subprocesses: a sweep's runs), the
   level of jax's backend logger and a filter on the 'absl' logger.
+
+  Also TF_USE_LEGACY_KERAS=1 (unless set): ``import tensorflow`` otherwise imports Keras 3
+  eagerly (``keras.src.optimizers``, for SavedModel registrations), with matplotlib and
+  scipy behind it: ~2 s of CPU at every start, and swin_jax never uses Keras. With the flag
+  TensorFlow looks for tf_keras instead and, when it is not installed, skips the load.
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', _TF_CPP_MIN_LOG_LEVEL)
+  os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   absl_logger = logging.getLogger('absl')  # absl.logging's records go through this logger
   if _ABSL_FILTER not in absl_logger.filters:

@@ -12,6 +12,9 @@ import pytest
 # subprocess tests inherit it. Numerics agree with the default pipeline to ~1e-7.
 _FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+# What cli.quiet_startup sets in every entry point, for the workers and the subprocesses that
+# are not entry points too: TensorFlow then skips importing Keras 3 (~2 s of CPU a process).
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 # One persistent XLA compilation cache for the whole run (set up by the first process that
 # loads this file: the xdist controller, whose environment the workers and every subprocess

@@ -6,6 +6,8 @@ because of the order modules happen to load in, and breaks when that order chang
 """
 import ast
 import os
+import subprocess
+import sys
 
 from conftest import ROOT
 
@@ -105,3 +107,18 @@ def test_the_training_loop_imports_no_cli_module():
   for m in ('swin_jax.train.loop', 'swin_jax.train.tasks'):
     assert not graph[m] & {'swin_jax.predict', 'swin_jax.main', 'swin_jax.sweep'}, m
   assert "task.name ==" not in open(modules['swin_jax.train.loop']).read()
+
+
+def test_entry_points_start_without_keras_and_tf_notices():
+  """cli.quiet_startup() (every entry point's first line) before the trainer's imports:
+  TensorFlow skips its eager Keras 3 load (~2 s of CPU in every run, sweep trial and test
+  subprocess; swin_jax never uses Keras) and prints no C++ INFO notice."""
+  code = ('from swin_jax import cli; cli.quiet_startup(); import swin_jax.train.loop, sys; '
+          "print('KERAS', sorted(m for m in sys.modules if m.split('.')[0] == 'keras'))")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_USE_LEGACY_KERAS', 'TF_CPP_MIN_LOG_LEVEL')}
+  res = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert 'KERAS []' in res.stdout, res.stdout[-2000:]
+  assert 'cpu_feature_guard' not in res.stderr, res.stderr[-2000:]
