@@ -46,13 +46,18 @@ def _path_str(path) -> str:
   return '/'.join(parts)
 
 
+def _path_key(path) -> Tuple[str, ...]:
+  """A tree path as flax's flat-dict key ('blocks', 'attn', 'qkv', 'kernel')."""
+  return tuple(_path_str(path).split('/'))
+
+
 def _stacked(model):
   """path -> whether the leaf is stacked over layers in ``model``'s scanned layout
   (always False for None or an unscanned model)."""
   prefixes = ([prefix for prefix, _ in model.scan_layout()]
               if model is not None and scan.is_scanned(model) else [])
   def stacked(path) -> bool:
-    key = tuple(_path_str(path).split('/'))
+    key = _path_key(path)
     return any(key[:len(q)] == q for q in prefixes)
   return stacked
 
@@ -258,19 +263,18 @@ def layer_decay_mults(family: str, depths: Sequence[int], decay: float, params, 
     return jax.tree_util.tree_map_with_path(
         lambda p, _: _layer_mult(family, depths, decay, p), params)
   is_stacked = _stacked(model)
-  keys = lambda path: tuple(_path_str(path).split('/'))
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  stacked = {keys(p) for p, _ in leaves if is_stacked(p)}
+  stacked = {_path_key(p) for p, _ in leaves if is_stacked(p)}
   # Unstack layer indices (a stacked leaf -> arange(steps)) to reach the per-block names,
   # number those, then stack the multipliers back into the scanned layout.
-  index = {keys(p): np.arange(np.shape(v)[0]) if keys(p) in stacked else np.zeros(())
+  index = {_path_key(p): np.arange(np.shape(v)[0]) if _path_key(p) in stacked else np.zeros(())
            for p, v in leaves}
   per_block = scan.unstack({'params': traverse_util.unflatten_dict(index)}, model)['params']
   mults = layer_decay_mults(family, depths, decay, per_block)
   mults = traverse_util.flatten_dict(scan.stack({'params': mults}, model)['params'])
 
   def mult(path, leaf):
-    k = keys(path)
+    k = _path_key(path)
     if k not in stacked:
       return mults[k]
     return np.asarray(mults[k], np.float32).reshape((-1,) + (1,) * (np.ndim(leaf) - 1))
@@ -288,9 +292,9 @@ def scale_by_layer_decay(family: str, depths: Sequence[int], decay: float,
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def _layer_decay(config):
-  """config.optimizer.layer_decay checked -> (family, depths, decay, model) or None when off;
-  model is the scanned module when config.model.scan_blocks (stacked leaves), else None."""
+def _layer_decay(config, scanned=None):
+  """config.optimizer.layer_decay checked -> (family, depths, decay, scanned) or None when
+  off; scanned: the module when config.model.scan_blocks (stacked leaves), else None."""
   decay = config.optimizer.get('layer_decay', 0.0)
   try:
     decay = float(decay or 0.0)
@@ -310,8 +314,7 @@ def _layer_decay(config):
                      f'{config.model.name!r} is a {family} model; layer-wise decay is defined '
                      f'for {list(LAYER_DECAY_FAMILIES)}. Set config.optimizer.layer_decay=0 '
                      f'(or use config.optimizer.lr_mults).')
-  model = _config_model(config) if config.model.get('scan_blocks') else None
-  return family, depths, decay, model
+  return family, depths, decay, scanned
 
 
 # ---------------------------------------------------------------- fine-tuning switches
@@ -428,7 +431,7 @@ def make_optimizer(config, schedule: optax.Schedule,
   mults = _check_lr_mults(o.get('lr_mults', None) or ())
   if mults:
     chain.append(scale_by_path(mults))
-  layer_decay = _layer_decay(config)
+  layer_decay = _layer_decay(config, scanned)
   if layer_decay:
     chain.append(scale_by_layer_decay(*layer_decay))
   tx = optax.chain(*chain)
