@@ -270,18 +270,22 @@ def test_errors_name_the_field_and_the_fix():
 
 # ---------------------------------------------------------------------------------------------
 # The optimizer over stacked leaves: each layer's slice is updated as its block would be
-# unscanned (a stack of biases [L, D] gets no weight decay; layer-wise decay per slice).
+# unscanned (a stack of biases [L, D] gets no weight decay; layer-wise decay, lr_mults and
+# frozen regexes over the per-block names act per slice; clipping sees the trained slices).
 
-@pytest.mark.parametrize('layer_decay', [0.75])  # weight decay is on in every case
-@pytest.mark.parametrize('name, kw, size', [
-    ('vit_demo', dict(img_size=16, depth=2, embed_dim=24, num_heads=2), 16),
-    ('swin_demo', dict(depths=(2, 2), num_heads=(2, 2), embed_dim=16), 32),
+@pytest.mark.parametrize('name, kw, size, lr_mults, frozen', [
+    ('vit_demo', dict(img_size=16, depth=2, embed_dim=24, num_heads=2), 16,
+     (('^blocks_1/', 0.1),), ('^blocks_0/mlp/',)),
+    ('swin_demo', dict(depths=(4, 2), num_heads=(2, 2), embed_dim=16), 32,  # 2 pairs in stage 0
+     (('^layers_0/blocks_2/', 0.1),), ('^layers_0/blocks_1/attn/',)),
     ('shunted_t', dict(img_size=32, embed_dims=(16, 16), num_heads=(2, 2), mlp_ratios=(2, 2),
-                       depths=(2, 2), sr_ratios=(2, 1), num_conv=0, fast_cpu=True), 32),
+                       depths=(2, 2), sr_ratios=(2, 1), num_conv=0, fast_cpu=True), 32,
+     (('^block1_1/', 0.1),), ('^block2_0/mlp/',)),
 ])
-def test_optimizer_of_a_scanned_model_updates_as_per_block(name, kw, size, layer_decay):
+def test_optimizer_of_a_scanned_model_updates_as_per_block(name, kw, size, lr_mults, frozen):
   import ml_collections
   from swin_jax.train import optimizers
+  layer_decay = 0.75
   kw = dict(kw, num_classes=5)
   model, s_model = create_model(name, **kw), create_model(name, scan_blocks=True, **kw)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
@@ -289,11 +293,15 @@ def test_optimizer_of_a_scanned_model_updates_as_per_block(name, kw, size, layer
   params, grads = ({'params': jax.tree.map(
       lambda a: rng.standard_normal(a.shape).astype(np.float32), shapes['params'])}
       for _ in range(2))
+  flat = traverse_util.flatten_dict(params['params'], sep='/')
+  for pattern in [p for p, _ in lr_mults] + list(frozen):  # each names some of a block
+    assert any(re.search(pattern, k) for k in flat), pattern
 
   def tx(scan_blocks):
     c = ml_collections.ConfigDict({
         'model': dict(name=name, scan_blocks=scan_blocks, **kw),
-        'optimizer': dict(name='adamw', lr=1e-3, weight_decay=0.05, layer_decay=layer_decay)})
+        'optimizer': dict(name='adamw', lr=1e-3, weight_decay=0.05, layer_decay=layer_decay,
+                          lr_mults=lr_mults, frozen=frozen, clip_grad_norm=1.0)})
     return optimizers.make_optimizer(c, optax.constant_schedule(1e-3))
 
   def updates(t, p, g):
@@ -306,15 +314,17 @@ def test_optimizer_of_a_scanned_model_updates_as_per_block(name, kw, size, layer
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
-  if not layer_decay:
-    return
-  # The formula on one stacked leaf: the scan's first run is blocks 1 and 2 of L.
+  # The formula on one stacked leaf: slice k of the first scan is block k + 1 of L (Swin:
+  # its pairs' first blocks, 1 + 2k).
   depths = (kw['depth'],) if name == 'vit_demo' else kw['depths']
   prefix, steps = s_model.scan_layout()[0]
+  first = prefix + (('blocks_0',) if name == 'swin_demo' else ())
+  stride = 2 if name == 'swin_demo' else 1
   mults = optimizers.layer_decay_mults(model_family(name), depths, 0.75, got, s_model)
-  leaf = [v for k, v in traverse_util.flatten_dict(mults).items() if k[:len(prefix)] == prefix][0]
+  leaf = [v for k, v in traverse_util.flatten_dict(mults).items() if k[:len(first)] == first][0]
   top = sum(depths) + 1
-  np.testing.assert_allclose(np.ravel(leaf), [0.75 ** (top - 1 - k) for k in range(len(steps))],
+  np.testing.assert_allclose(np.ravel(leaf),
+                             [0.75 ** (top - 1 - stride * k) for k in range(len(steps))],
                              rtol=1e-6)
 
 

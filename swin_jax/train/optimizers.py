@@ -8,6 +8,8 @@ config.optimizer: name ('adamw' | 'sgd'), lr (peak), b1, b2, eps, momentum (sgd)
     DETR: (('^backbone_0/', 0.1),) gives the backbone 1e-5 next to 1e-4.
   frozen: (regex, ...): parameters that get no update at all (no decay either), in addition
     to the model's own frozen ones (DETR's stem + layer1, ``detr.trainable_mask``).
+  Both match per-block names ('blocks_3/...'), also with config.model.scan_blocks: a stacked
+    leaf gets one multiplier per layer (``per_block_values``).
   layer_decay: 0 or 1 = off; d < 1 trains layer l of L at lr x d ** (L + 1 - l) (BEiT /
     SimMIM / Swin-V2 fine-tuning): ``layer_id`` numbers embeddings 0, blocks 1..L, the final
     norm and head L + 1. Multiplies with lr_mults. Also with config.model.scan_blocks: a
@@ -123,25 +125,18 @@ def make_schedule(config, total_steps: int, steps_per_epoch: int) -> optax.Sched
       [optax.linear_schedule(init_lr, lr, warmup), main], [warmup])
 
 
-def path_matcher(patterns):
-  """Pytree-path predicate: True when '/'-joined path matches any regex in ``patterns``."""
-  compiled = [re.compile(p) for p in patterns or ()]
-  return lambda path: any(c.search(_path_str(path)) for c in compiled)
-
-
-def scale_by_path(mults) -> optax.GradientTransformation:
-  """Multiplies each update by the multiplier of the first (regex, mult) its path matches
-  (1 when none does). Stateless; the tree structure decides everything at trace time."""
+def _first_mult(mults):
+  """name -> the multiplier of the first (regex, mult) ``name`` matches (1 when none)."""
   compiled = [(re.compile(p), float(m)) for p, m in mults]
+  return lambda name: next((m for c, m in compiled if c.search(name)), 1.0)
 
-  def mult(path):
-    name = _path_str(path)
-    return next((m for c, m in compiled if c.search(name)), 1.0)
 
-  def update(updates, state, params=None):
-    del params
-    return jax.tree_util.tree_map_with_path(lambda p, u: u * mult(p), updates), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+def scale_by_path(mults, model=None) -> optax.GradientTransformation:
+  """Multiplies each update by the multiplier of the first (regex, mult) its per-block path
+  matches (1 when none does); per layer for the stacked leaves of a scanned ``model``
+  (``per_block_values``). Stateless; the tree structure decides everything at trace time."""
+  mult = _first_mult(mults)
+  return scale_by_values(lambda u: per_block_values(mult, u, model))
 
 
 def _check_regexes(patterns, field: str):
@@ -246,50 +241,64 @@ def model_depths(config) -> Tuple[str, Tuple[int, ...]]:
   return family, tuple(int(d) for d in depths)
 
 
-def _layer_mult(family: str, depths: Sequence[int], decay: float, path) -> float:
-  top = sum(int(d) for d in depths) + 1
-  return float(decay) ** (top - layer_id(family, _path_str(path), depths))
-
-
-def layer_decay_mults(family: str, depths: Sequence[int], decay: float, params, model=None):
-  """Pytree like ``params`` of each leaf's lr multiplier decay ** (L + 1 - layer_id).
+def per_block_values(value: Callable[[str], float], params, model=None):
+  """Pytree like ``params`` of ``value(name)`` for each leaf, ``name`` its per-block path
+  ('blocks_3/attn/qkv/kernel'): the names of the unscanned model and of the checkpoints.
 
   model: the module ``params`` belong to. With ``scan_blocks=True`` a stacked leaf
-  [steps, ...] holds several layers, so its multiplier is a float32 array [steps, 1, ...]
-  whose slice k is the multiplier of the per-block leaf it stacks (``scan.stack`` of the
-  unscanned multipliers); other leaves get Python floats. Only shapes of ``params`` are read.
+  [steps, ...] holds several blocks: its value is a float32 array [steps, 1, ...] whose
+  slice k is the value of the block it stacks (``scan.stack`` of the per-block values), or
+  one Python float where every block's is the same; other leaves get Python floats. So a
+  regex over block names (lr_mults, frozen, layer decay) means the same with scan on or
+  off. Only shapes of ``params`` are read.
   """
   if model is None or not scan.is_scanned(model):
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: _layer_mult(family, depths, decay, p), params)
+    return jax.tree_util.tree_map_with_path(lambda p, _: float(value(_path_str(p))), params)
   is_stacked = _stacked(model)
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   stacked = {_path_key(p) for p, _ in leaves if is_stacked(p)}
   # Unstack layer indices (a stacked leaf -> arange(steps)) to reach the per-block names,
-  # number those, then stack the multipliers back into the scanned layout.
+  # take the values there, then stack them back into the scanned layout.
   index = {_path_key(p): np.arange(np.shape(v)[0]) if _path_key(p) in stacked else np.zeros(())
            for p, v in leaves}
   per_block = scan.unstack({'params': traverse_util.unflatten_dict(index)}, model)['params']
-  mults = layer_decay_mults(family, depths, decay, per_block)
-  mults = traverse_util.flatten_dict(scan.stack({'params': mults}, model)['params'])
+  values = per_block_values(value, per_block)
+  values = traverse_util.flatten_dict(scan.stack({'params': values}, model)['params'])
 
-  def mult(path, leaf):
+  def out(path, leaf):
     k = _path_key(path)
     if k not in stacked:
-      return mults[k]
-    return np.asarray(mults[k], np.float32).reshape((-1,) + (1,) * (np.ndim(leaf) - 1))
-  return jax.tree_util.tree_map_with_path(mult, params)
+      return values[k]
+    v = np.asarray(values[k], np.float32)
+    if np.all(v == v[0]):
+      return float(v[0])
+    return v.reshape((-1,) + (1,) * (np.ndim(leaf) - 1))
+  return jax.tree_util.tree_map_with_path(out, params)
+
+
+def scale_by_values(values: Callable) -> optax.GradientTransformation:
+  """Multiplies each update by its entry of ``values(updates)`` (a pytree of floats or
+  per-layer arrays, e.g. ``per_block_values``), fixed at trace time; stateless."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates,
+                        values(updates)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def layer_decay_mults(family: str, depths: Sequence[int], decay: float, params, model=None):
+  """Pytree like ``params`` of each leaf's lr multiplier decay ** (L + 1 - layer_id), by its
+  per-block name; per-layer arrays [steps, 1, ...] for the stacked leaves of a scanned
+  ``model`` (``per_block_values``)."""
+  top = sum(int(d) for d in depths) + 1
+  return per_block_values(
+      lambda name: float(decay) ** (top - layer_id(family, name, depths)), params, model)
 
 
 def scale_by_layer_decay(family: str, depths: Sequence[int], decay: float,
                          model=None) -> optax.GradientTransformation:
-  """Multiplies each update by its ``layer_decay_mults`` entry (constants fixed at trace
-  time, like ``scale_by_path``; per-layer arrays for a scanned ``model``); stateless."""
-  def update(updates, state, params=None):
-    del params
-    mults = layer_decay_mults(family, depths, decay, updates, model)
-    return jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, mults), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+  """Multiplies each update by its ``layer_decay_mults`` entry; stateless."""
+  return scale_by_values(lambda u: layer_decay_mults(family, depths, decay, u, model))
 
 
 def _layer_decay(config, scanned=None):
@@ -430,22 +439,30 @@ def make_optimizer(config, schedule: optax.Schedule,
     raise ValueError(f"config.optimizer.name={o.name!r}: use 'adamw' or 'sgd'")
   mults = _check_lr_mults(o.get('lr_mults', None) or ())
   if mults:
-    chain.append(scale_by_path(mults))
+    chain.append(scale_by_path(mults, scanned))
   layer_decay = _layer_decay(config, scanned)
   if layer_decay:
     chain.append(scale_by_layer_decay(*layer_decay))
-  tx = optax.chain(*chain)
   frozen_patterns = o.get('frozen', None) or ()
   if isinstance(frozen_patterns, str):  # one pattern, not its characters
     frozen_patterns = (frozen_patterns,)
   _check_regexes(frozen_patterns, 'config.optimizer.frozen')
   frozen_patterns = tuple(frozen_patterns) + finetune_frozen_patterns(config)
-  frozen = path_matcher(frozen_patterns)
   if trainable is None and not frozen_patterns:
-    return tx
+    return optax.chain(*chain)
+  frozen = re.compile('|'.join(f'(?:{p})' for p in frozen_patterns)) if frozen_patterns else None
+  # 1 where a leaf (a block's slice of a stacked leaf) trains, 0 where a regex freezes it.
+  kept = lambda tree: per_block_values(
+      lambda name: 0.0 if frozen is not None and frozen.search(name) else 1.0, tree, scanned)
+  if scanned is not None and frozen is not None:
+    # A stacked leaf frozen in some of its blocks only still trains, with those slices'
+    # gradients (before clipping: its norm is over trained parameters, as torch's) and
+    # updates (weight decay included) zeroed: the per-block model's updates.
+    chain = [scale_by_values(kept)] + chain + [scale_by_values(kept)]
+  tx = optax.chain(*chain)
 
   def labels(params):
     base = trainable(params) if trainable is not None else jax.tree.map(lambda _: True, params)
-    return jax.tree_util.tree_map_with_path(
-        lambda p, t: 'train' if (t and not frozen(p)) else 'frozen', base)
+    return jax.tree.map(lambda t, k: 'train' if (t and np.any(np.asarray(k))) else 'frozen',
+                        base, kept(params))
   return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
