@@ -164,3 +164,46 @@ def test_gelu_is_the_erf_gelu_with_its_derivative():
   dgot = np.asarray(jax.jit(jax.vmap(jax.grad(layers.gelu)))(x), np.float64)
   np.testing.assert_allclose(dgot, dwant, rtol=0, atol=4e-6)
   assert layers.gelu(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------
+# layers.Dense: nn.Dense's parameters and function, multiplied as one 2-D matrix.
+
+@pytest.mark.parametrize('lead', [(3,), (2, 5), (2, 3, 4)])
+def test_dense_is_nn_dense_on_any_leading_dims(lead):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(lead + (6,)).astype(np.float32)
+  import flax.linen as nn
+  variables = layers.Dense(4).init(jax.random.PRNGKey(0), x)
+  ref = nn.Dense(4)
+  assert jax.tree.map(np.shape, variables) == jax.tree.map(
+      np.shape, ref.init(jax.random.PRNGKey(0), x))  # {'params': {'kernel', 'bias'}}
+  k, b = (np.asarray(variables['params'][n], np.float64) for n in ('kernel', 'bias'))
+  np.testing.assert_allclose(layers.Dense(4).apply(variables, x), x @ k + b,
+                             rtol=1e-5, atol=1e-6)
+  g = rng.standard_normal(lead + (4,)).astype(np.float32)
+  grad = jax.grad(lambda v: jnp.sum(layers.Dense(4).apply(v, x) * g))(variables)['params']
+  x2, g2 = x.reshape(-1, 6).astype(np.float64), g.reshape(-1, 4).astype(np.float64)
+  np.testing.assert_allclose(grad['kernel'], x2.T @ g2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(grad['bias'], g2.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_kernel_gradient_reads_its_operands_without_a_transposed_copy():
+  # What layers.Dense is for: on XLA:CPU the kernel gradient of a [B, N, C] input is one dot
+  # of x and g as they lie; nn.Dense's needs a transposed copy of g ([F, B*N]) first.
+  import flax.linen as nn
+  if jax.default_backend() != 'cpu':
+    pytest.skip('a fact about XLA:CPU layouts')
+  x = jnp.ones((8, 50, 64))
+  g = jnp.ones((8, 50, 96))
+
+  def hlo(cls):
+    def kernel_grad(v, x, g):
+      return jax.grad(lambda v: jnp.sum(cls(96).apply(v, x) * g))(v)['params']['kernel']
+    v = cls(96).init(jax.random.PRNGKey(0), x)
+    return jax.jit(kernel_grad).lower(v, x, g).compile().as_text()
+
+  moves = lambda text: [l for l in text.splitlines()
+                        if ' transpose(' in l or ' copy(' in l or 'copy_' in l.split('=')[0]]
+  assert moves(hlo(nn.Dense)), 'nn.Dense: the transposed copy this test is about is gone'
+  assert not moves(hlo(layers.Dense)), moves(hlo(layers.Dense))

@@ -140,7 +140,7 @@ class MultiheadAttention(nn.Module):
     out = out.reshape(B, Lq, d)
     if groups > 1:
       out = out.reshape(B0, L0, d)  # [B, G * Lq, d], group-major as the input
-    return nn.Dense(d, dtype=self.dtype, kernel_init=xavier, name='out_proj')(out)
+    return layers.Dense(d, dtype=self.dtype, kernel_init=xavier, name='out_proj')(out)
 
 
 class FusedInProj(nn.Module):
@@ -188,9 +188,10 @@ class EncoderLayer(nn.Module):
     norm2 = layers.layer_norm(1e-5, 'norm2')
 
     def ffn(x):
-      x = nn.Dense(self.dim_feedforward, dtype=self.dtype, kernel_init=xavier, name='linear1')(x)
+      x = layers.Dense(self.dim_feedforward, dtype=self.dtype, kernel_init=xavier,
+                       name='linear1')(x)
       x = nn.Dropout(self.dropout, name='dropout')(nn.relu(x), deterministic=deterministic)
-      return nn.Dense(self.d_model, dtype=self.dtype, kernel_init=xavier, name='linear2')(x)
+      return layers.Dense(self.d_model, dtype=self.dtype, kernel_init=xavier, name='linear2')(x)
 
     if self.pre_norm:
       s = layers.apply_norm(norm1, src)
@@ -229,9 +230,10 @@ class DecoderLayer(nn.Module):
     norms = [layers.layer_norm(1e-5, f'norm{i}') for i in (1, 2, 3)]
 
     def ffn(x):
-      x = nn.Dense(self.dim_feedforward, dtype=self.dtype, kernel_init=xavier, name='linear1')(x)
+      x = layers.Dense(self.dim_feedforward, dtype=self.dtype, kernel_init=xavier,
+                       name='linear1')(x)
       x = nn.Dropout(self.dropout, name='dropout')(nn.relu(x), deterministic=deterministic)
-      return nn.Dense(self.d_model, dtype=self.dtype, kernel_init=xavier, name='linear2')(x)
+      return layers.Dense(self.d_model, dtype=self.dtype, kernel_init=xavier, name='linear2')(x)
 
     mem_k = _with_pos(memory, pos)
     if self.pre_norm:
@@ -331,8 +333,8 @@ class MLP(nn.Module):
   def __call__(self, x):
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
-      x = nn.Dense(self.output_dim if last else self.hidden_dim, dtype=self.dtype,
-                   name=f'layers_{i}')(x)
+      x = layers.Dense(self.output_dim if last else self.hidden_dim, dtype=self.dtype,
+                       name=f'layers_{i}')(x)
       if not last:
         x = nn.relu(x)
     return x
@@ -617,20 +619,20 @@ class DETR(nn.Module):
                        f'Deformable DETR with the focal loss: 0.01).')
     bias_init = (nn.initializers.constant(-math.log((1 - p) / p)) if p > 0
                  else nn.initializers.zeros)
-    logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, bias_init=bias_init,
-                      name='class_embed')(hs)
+    logits = layers.Dense(self.num_classes + 1, dtype=self.dtype, bias_init=bias_init,
+                          name='class_embed')(hs)
     boxes = jax.nn.sigmoid(MLP(d, 4, 3, self.dtype, name='bbox_embed')(hs).astype(jnp.float32))
     logits = logits.astype(jnp.float32)
     if dn is not None:  # split off the denoising queries (after the nm others)
       dn = dict(dn, pred_logits=logits[:, :, nm:], pred_boxes=boxes[:, :, nm:])
-    layers = lambda lo, bo: (
+    by_layer = lambda lo, bo: (
         {'pred_logits': lo[-1], 'pred_boxes': bo[-1]},
         [{'pred_logits': a, 'pred_boxes': b} for a, b in zip(lo[:-1], bo[:-1])])
-    out, aux = layers(logits[:, :, :nq], boxes[:, :, :nq])
+    out, aux = by_layer(logits[:, :, :nq], boxes[:, :, :nq])
     if self.aux_loss:
       out['aux_outputs'] = aux
     if m:  # H-DETR's one-to-many branch, after the nq matching queries
-      out['one2many_outputs'], aux = layers(logits[:, :, nq:nm], boxes[:, :, nq:nm])
+      out['one2many_outputs'], aux = by_layer(logits[:, :, nq:nm], boxes[:, :, nq:nm])
       if self.aux_loss:
         out['one2many_outputs']['aux_outputs'] = aux
     if dn is not None:

@@ -18,6 +18,28 @@ Dtype = Any
 dense_init = nn.initializers.truncated_normal(stddev=0.02)
 
 
+class Dense(nn.Dense):
+  """``nn.Dense`` (same parameters, same name scheme) that multiplies ``[..., C]`` inputs as
+  one 2-D matrix ``[prod(...), C]``.
+
+  Why: autodiff of a 3-D ``[B, N, C] @ [C, F]`` gives the kernel gradient as a dot that
+  contracts two dims (B and N) of both operands, and XLA:CPU materialises a transposed copy
+  of the output gradient ``[F, B*N]`` for it; from the 2-D product it is one dot of the
+  operands as they lie, ``x^T g``, with no copy. The same numbers either way: the reshapes
+  are free (row-major bitcasts). Measured (2-core Xeon VM, batch 8, float32, median of 8
+  steps, 2 interleaved rounds): train step ViT-S/16 5.33, 5.20 -> 5.62, 5.89 img/s, Swin-T
+  4.20, 4.30 -> 4.74, 4.83 img/s; inference unchanged.
+  """
+
+  @nn.compact
+  def __call__(self, inputs):
+    if inputs.ndim <= 2:
+      return super().__call__(inputs)
+    lead = inputs.shape[:-1]
+    y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))  # [prod(lead), features]
+    return y.reshape(lead + y.shape[-1:])
+
+
 def gelu(x):
   """Exact (erf) GELU, as torch.nn.GELU() in timm and the official repos, in torch's own
   formulation x / 2 * (1 + erf(x / sqrt(2))) (aten's GeluKernel). jax.nn.gelu(approximate=
@@ -64,10 +86,10 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     out = self.out_features or x.shape[-1]
-    x = nn.Dense(self.hidden_features, dtype=self.dtype, kernel_init=dense_init, name='fc1')(x)
+    x = Dense(self.hidden_features, dtype=self.dtype, kernel_init=dense_init, name='fc1')(x)
     x = self.act(x)
     x = nn.Dropout(self.drop)(x, deterministic=deterministic)
-    x = nn.Dense(out, dtype=self.dtype, kernel_init=dense_init, name='fc2')(x)
+    x = Dense(out, dtype=self.dtype, kernel_init=dense_init, name='fc2')(x)
     x = nn.Dropout(self.drop)(x, deterministic=deterministic)
     return x
 
@@ -190,7 +212,7 @@ class Attention(nn.Module):
     if C % self.num_heads:
       raise ValueError(f'embed dim {C} is not divisible by num_heads={self.num_heads}')
     head_dim = C // self.num_heads
-    qkv = nn.Dense(3 * C, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
+    qkv = Dense(3 * C, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
                    name='qkv')(x)
     # [B, N, 3C] -> [B, N, 3, heads, head_dim], the order of timm's qkv reshape; q, k, v
     # are then [B, N, heads, head_dim], the layout dot_product_attention takes as it is.
@@ -202,5 +224,5 @@ class Attention(nn.Module):
     out = dot_product_attention(q, k, v, bias=bias, mask=mask, dropout_rng=rng,
                                 dropout_rate=self.attn_drop, deterministic=deterministic)
     out = out.reshape(B, N, C)  # [B, N, heads*head_dim]
-    out = nn.Dense(C, dtype=self.dtype, kernel_init=dense_init, name='proj')(out)
+    out = Dense(C, dtype=self.dtype, kernel_init=dense_init, name='proj')(out)
     return nn.Dropout(self.proj_drop)(out, deterministic=deterministic)

@@ -235,7 +235,7 @@ class ShuntedAttention(nn.Module):
     nh, sr = self.num_heads, self.sr_ratio
     hd = C // nh
     N = H * W
-    dense = lambda n, name, bias=self.qkv_bias: nn.Dense(
+    dense = lambda n, name, bias=self.qkv_bias: layers.Dense(
         n, use_bias=bias, dtype=self.dtype, kernel_init=layers.dense_init, name=name)
     q = dense(C, 'q')(x).reshape(B, N, nh, hd)  # [B, N, nh, hd]: channels head-major
     if sr > 1:
@@ -289,11 +289,11 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     C = x.shape[-1]
-    x = nn.Dense(self.hidden_features, dtype=self.dtype, kernel_init=layers.dense_init,
-                 name='fc1')(x)
+    x = layers.Dense(self.hidden_features, dtype=self.dtype, kernel_init=layers.dense_init,
+                     name='fc1')(x)
     x = layers.gelu(x + DWConv(self.dtype, self.fast_cpu, name='dwconv')(x))
     x = nn.Dropout(self.drop)(x, deterministic=deterministic)
-    x = nn.Dense(C, dtype=self.dtype, kernel_init=layers.dense_init, name='fc2')(x)
+    x = layers.Dense(C, dtype=self.dtype, kernel_init=layers.dense_init, name='fc2')(x)
     return nn.Dropout(self.drop)(x, deterministic=deterministic)
 
 
@@ -447,8 +447,8 @@ class ShuntedTransformer(nn.Module):
       return features
     x = x.mean(axis=(1, 2))
     if self.num_classes > 0:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.dense_init,
-                   name='head')(x)
+      x = layers.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.dense_init,
+                       name='head')(x)
     return x.astype(jnp.float32)
 
 

@@ -124,8 +124,8 @@ class WindowAttention(nn.Module):
     table = self.param('relative_position_bias_table', nn.initializers.truncated_normal(0.02),
                        ((2 * ws - 1) * (2 * ws - 1), nh), jnp.float32)
     rel = table[relative_position_index(ws).reshape(-1)].reshape(N, N, nh).transpose(2, 0, 1)
-    qkv = nn.Dense(3 * C, use_bias=self.qkv_bias, dtype=self.dtype,
-                   kernel_init=layers.dense_init, name='qkv')(x)
+    qkv = layers.Dense(3 * C, use_bias=self.qkv_bias, dtype=self.dtype,
+                       kernel_init=layers.dense_init, name='qkv')(x)
     qkv = qkv.reshape(B, nW, N, 3, nh, hd)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # [B, nW, N, nh, hd]
     # One float32 bias for the logits [B, nW, nh, N, N], broadcast where it can be.
@@ -141,7 +141,7 @@ class WindowAttention(nn.Module):
                                        dropout_rate=self.attn_drop,
                                        deterministic=deterministic)  # [B, nW, N, nh, hd]
     out = out.reshape(B, nW, N, C)
-    out = nn.Dense(C, dtype=self.dtype, kernel_init=layers.dense_init, name='proj')(out)
+    out = layers.Dense(C, dtype=self.dtype, kernel_init=layers.dense_init, name='proj')(out)
     return nn.Dropout(self.proj_drop)(out, deterministic=deterministic)
 
 
@@ -253,8 +253,8 @@ class PatchMerging(nn.Module):
     x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
                          x[:, 1::2, 1::2]], axis=-1)  # [B, H/2, W/2, 4C]
     x = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm'), x)
-    return nn.Dense(2 * C, use_bias=False, dtype=self.dtype, kernel_init=layers.dense_init,
-                    name='reduction')(x)
+    return layers.Dense(2 * C, use_bias=False, dtype=self.dtype, kernel_init=layers.dense_init,
+                        name='reduction')(x)
 
 
 class PatchEmbed(nn.Module):
@@ -467,8 +467,8 @@ class SwinTransformer(nn.Module):
       v = valid[..., None].astype(x.dtype)
       x = (x * v).sum(axis=(1, 2)) / jnp.maximum(v.sum(axis=(1, 2)), 1.0)
     if self.num_classes > 0:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.dense_init,
-                   name='head')(x)
+      x = layers.Dense(self.num_classes, dtype=self.dtype, kernel_init=layers.dense_init,
+                       name='head')(x)
     return x.astype(jnp.float32)
 
 
