@@ -333,8 +333,10 @@ class MLP(nn.Module):
   def __call__(self, x):
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
-      x = layers.Dense(self.output_dim if last else self.hidden_dim, dtype=self.dtype,
-                       name=f'layers_{i}')(x)
+      # nn.Dense, not layers.Dense: on [layers, B, Q, d] (hs) flattening would merge the
+      # batch's sharded dim under the layers dim, and GSPMD all-gathers for that.
+      x = nn.Dense(self.output_dim if last else self.hidden_dim, dtype=self.dtype,
+                   name=f'layers_{i}')(x)
       if not last:
         x = nn.relu(x)
     return x
@@ -619,8 +621,8 @@ class DETR(nn.Module):
                        f'Deformable DETR with the focal loss: 0.01).')
     bias_init = (nn.initializers.constant(-math.log((1 - p) / p)) if p > 0
                  else nn.initializers.zeros)
-    logits = layers.Dense(self.num_classes + 1, dtype=self.dtype, bias_init=bias_init,
-                          name='class_embed')(hs)
+    logits = nn.Dense(self.num_classes + 1, dtype=self.dtype, bias_init=bias_init,
+                      name='class_embed')(hs)  # nn.Dense on [layers, B, Q, d]: see MLP
     boxes = jax.nn.sigmoid(MLP(d, 4, 3, self.dtype, name='bbox_embed')(hs).astype(jnp.float32))
     logits = logits.astype(jnp.float32)
     if dn is not None:  # split off the denoising queries (after the nm others)

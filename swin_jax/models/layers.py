@@ -26,9 +26,12 @@ class Dense(nn.Dense):
   contracts two dims (B and N) of both operands, and XLA:CPU materialises a transposed copy
   of the output gradient ``[F, B*N]`` for it; from the 2-D product it is one dot of the
   operands as they lie, ``x^T g``, with no copy. The same numbers either way: the reshapes
-  are free (row-major bitcasts). Measured (2-core Xeon VM, batch 8, float32, median of 8
-  steps, 2 interleaved rounds): train step ViT-S/16 5.33, 5.20 -> 5.62, 5.89 img/s, Swin-T
-  4.20, 4.30 -> 4.74, 4.83 img/s; inference unchanged.
+  are free (row-major bitcasts), and under a Mesh they keep a sharding of the leading
+  (batch) dim; an input whose sharded dim is not the leading one (DETR's heads on
+  [layers, B, Q, d]) takes nn.Dense, or GSPMD all-gathers it (tests/test_collectives.py).
+  Measured (2-core Xeon VM, batch 8, float32, median of 8 steps, 2 interleaved rounds):
+  train step ViT-S/16 5.33, 5.20 -> 5.62, 5.89 img/s, Swin-T 4.20, 4.30 -> 4.74, 4.83 img/s;
+  inference unchanged.
   """
 
   @nn.compact
