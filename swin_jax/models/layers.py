@@ -216,7 +216,7 @@ class Attention(nn.Module):
       raise ValueError(f'embed dim {C} is not divisible by num_heads={self.num_heads}')
     head_dim = C // self.num_heads
     qkv = Dense(3 * C, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
-                   name='qkv')(x)
+                name='qkv')(x)
     # [B, N, 3C] -> [B, N, 3, heads, head_dim], the order of timm's qkv reshape; q, k, v
     # are then [B, N, heads, head_dim], the layout dot_product_attention takes as it is.
     qkv = qkv.reshape(B, N, 3, self.num_heads, head_dim)
