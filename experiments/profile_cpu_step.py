@@ -98,6 +98,8 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from swin_jax import cli  # pylint: disable=g-import-not-at-top
+  from swin_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reuse_freed_memory()  # as the trainer
   from swin_jax.tools import benchmark  # pylint: disable=g-import-not-at-top
 
   overrides = cli.parse_model_args(args.model_arg)

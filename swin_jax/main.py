@@ -15,6 +15,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from swin_jax import cli
+from swin_jax import host_memory
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config '
@@ -91,6 +92,7 @@ def main(argv):
 
 def run():
   cli.quiet_startup()  # before flag parsing loads the config and main imports tensorflow
+  host_memory.reuse_freed_memory()  # before any JAX computation starts XLA's threads
   app.run(main, flags_parser=parse_flags)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from swin_jax import cli
+from swin_jax import host_memory
 from swin_jax.detection.criterion import SetCriterion
 from swin_jax.models import create_model
 from swin_jax.models import detr as detr_lib
@@ -333,6 +334,7 @@ def check_model_args(name: str, model_args: Dict[str, Any]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.quiet_startup()
+  host_memory.reuse_freed_memory()  # as swin_jax.main does: the steps timed are the trainer's
   parser = argparse.ArgumentParser(
       prog='python -m swin_jax.tools.benchmark',
       description='Compile time, train/inference images/s and peak memory of a model.')
