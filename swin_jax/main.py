@@ -92,7 +92,10 @@ def main(argv):
 
 def run():
   cli.quiet_startup()  # before flag parsing loads the config and main imports tensorflow
-  host_memory.reuse_freed_memory()  # before any JAX computation starts XLA's threads
+  try:
+    host_memory.reuse_freed_memory()  # before any JAX computation starts XLA's threads
+  except ValueError as e:  # a bad SWIN_JAX_HOST_MEMORY: named, before any work
+    _fail(str(e))
   app.run(main, flags_parser=parse_flags)
 
 

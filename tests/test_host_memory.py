@@ -83,3 +83,18 @@ def test_an_unknown_mode_names_the_variable(monkeypatch):
   monkeypatch.setenv(host_memory.ENV, 'always')
   with pytest.raises(ValueError, match=r'SWIN_JAX_HOST_MEMORY=.always.: use one of auto'):
     host_memory.reuse_freed_memory()
+
+
+@pytest.mark.parametrize('module', ['swin_jax.main', 'swin_jax.tools.benchmark'])
+def test_the_entry_points_name_a_bad_mode_in_one_line(module, tmp_path):
+  # Checked before flags are parsed or any work is done: nothing is written to the workdir.
+  args = {'swin_jax.main': ['--config=configs/demo/vit_digits.py', f'--workdir={tmp_path}/w'],
+          'swin_jax.tools.benchmark': ['vit_tiny_patch16_224', '--batch', '1']}[module]
+  env = dict(os.environ, SWIN_JAX_HOST_MEMORY='always', JAX_PLATFORMS='cpu')
+  r = subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True,
+                     env=env, cwd=ROOT, timeout=120)
+  assert r.returncode == 2, r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert lines[-1] == 'error: SWIN_JAX_HOST_MEMORY=\'always\': use one of auto, reuse, default'
+  assert 'Traceback' not in r.stderr
+  assert not (tmp_path / 'w').exists()

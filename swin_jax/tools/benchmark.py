@@ -334,7 +334,11 @@ def check_model_args(name: str, model_args: Dict[str, Any]) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.quiet_startup()
-  host_memory.reuse_freed_memory()  # as swin_jax.main does: the steps timed are the trainer's
+  try:
+    host_memory.reuse_freed_memory()  # as swin_jax.main does: the steps timed are the trainer's
+  except ValueError as e:  # a bad SWIN_JAX_HOST_MEMORY
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   parser = argparse.ArgumentParser(
       prog='python -m swin_jax.tools.benchmark',
       description='Compile time, train/inference images/s and peak memory of a model.')
