@@ -1,11 +1,12 @@
 """Compile time and XLA's memory estimate of a train step, scan_blocks off / on x remat.
 
     python experiments/bench_scan.py [--models vit_large_patch16_224 ...] [--batch 8]
-        [--remat none full] [--scan False True]
+        [--remat none full] [--scan False True] [--drop-path-rate R]
 
 For each model and setting it lowers and compiles (never runs) one training step on
 abstract inputs: ``jax.value_and_grad`` of the label-smoothed cross-entropy of
-``model.apply(..., train=True)`` (dropout / drop-path on, the model's own drop_path_rate),
+``model.apply(..., train=True)`` (dropout / drop-path on; the registry's drop_path_rate, 0
+for these models, unless --drop-path-rate gives the paper's, e.g. 0.5 for Swin-B),
 then an optax AdamW update, params and optimizer state donated as the trainer donates them.
 Prints one row per setting: seconds to lower, seconds to compile, and
 ``compiled.memory_analysis()``: temp (activations and scratch), argument and output bytes.
@@ -40,8 +41,9 @@ def train_step_fn(model, tx):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def measure(name: str, batch: int, scan_blocks: bool, remat: str):
-  model = create_model(name, scan_blocks=scan_blocks, remat=remat)
+def measure(name: str, batch: int, scan_blocks: bool, remat: str, drop_path_rate=None):
+  kw = {} if drop_path_rate is None else dict(drop_path_rate=drop_path_rate)
+  model = create_model(name, scan_blocks=scan_blocks, remat=remat, **kw)
   images = jax.ShapeDtypeStruct((batch, 224, 224, 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
   rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
@@ -68,15 +70,17 @@ def main():
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--remat', nargs='+', default=['none', 'full'])
   p.add_argument('--scan', nargs='+', default=['False', 'True'])
+  p.add_argument('--drop-path-rate', type=float, default=None,
+                 help="every model's drop_path_rate (default: the registry's)")
   args = p.parse_args()
   print(f'backend {jax.default_backend()}  jax {jax.__version__}  batch {args.batch}  '
-        f'224x224 float32', flush=True)
+        f'224x224 float32  drop_path_rate {args.drop_path_rate}', flush=True)
   print('| model | scan | remat | lower s | compile s | temp GiB | args GiB | out GiB |')
   print('|---|---|---|---|---|---|---|---|', flush=True)
   for name in args.models:
     for scan_blocks in (s.lower() == 'true' for s in args.scan):
       for remat in args.remat:
-        r = measure(name, args.batch, scan_blocks, remat)
+        r = measure(name, args.batch, scan_blocks, remat, args.drop_path_rate)
         print(f'| {name} | {"on" if scan_blocks else "off"} | {remat} | {r["lower"]:.1f} | '
               f'{r["compile"]:.1f} | {_gib(r["temp"])} | {_gib(r["args"])} | '
               f'{_gib(r["out"])} |', flush=True)

@@ -207,3 +207,27 @@ def test_dense_kernel_gradient_reads_its_operands_without_a_transposed_copy():
                         if ' transpose(' in l or ' copy(' in l or 'copy_' in l.split('=')[0]]
   assert moves(hlo(nn.Dense)), 'nn.Dense: the transposed copy this test is about is gone'
   assert not moves(hlo(layers.Dense)), moves(hlo(layers.Dense))
+
+
+def test_drop_path_keeps_a_sample_where_its_uniform_is_below_keep():
+  """timm's drop_path: branch * (1 / keep) where the sample is kept, 0 where dropped; with
+  given uniforms (layers.drop_path_noise), sample b is kept iff noise[b] < keep."""
+  x = jnp.arange(1.0, 5.0)[:, None, None] * jnp.ones((4, 2, 3))
+  noise = jnp.asarray([0.1, 0.8, 0.7499, 0.75])
+  out = layers.DropPath(0.25).apply({}, x, False, noise=noise)
+  want = np.asarray([1, 0, 3, 0], np.float32)[:, None, None] / 0.75 * np.ones((4, 2, 3))
+  np.testing.assert_allclose(out, want, rtol=1e-6)
+  assert layers.DropPath(0.25).apply({}, x, True, noise=noise) is x  # eval: the identity
+  assert layers.drop_path_noise(None, (3, 2, 4), True, True) is None
+
+
+def test_drop_path_drops_each_sample_with_its_rate():
+  """Drawn uniforms: over 20,000 samples the dropped fraction is the rate within 5 binomial
+  standard deviations (rate 0.3: sd 0.0032)."""
+  n, rate = 20000, 0.3
+  out = layers.DropPath(rate).apply({}, jnp.ones((n, 1)), False,
+                                    rngs={'dropout': jax.random.key(0)})
+  dropped = float(np.mean(np.asarray(out)[:, 0] == 0))
+  assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / n)
+  np.testing.assert_allclose(np.asarray(out)[np.asarray(out)[:, 0] > 0], 1 / (1 - rate),
+                             rtol=1e-6)

@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from conftest import load_config
+from conftest import jaxpr_eqns, load_config
 from swin_jax.convert import load_torch_checkpoint
 from swin_jax.models import create_model, model_family, scan
 from swin_jax.tools import count
@@ -125,6 +125,40 @@ def test_drop_path_rates_keep_their_block_order(name, kw, size):
             s_model.apply(scan.stack(variables, s_model, jnp), x, **train)[0],
             model.apply(variables, x))
 
+  flat, scanned, evaluated = outputs(jax.random.PRNGKey(0))
+  assert float(np.abs(np.asarray(flat) - np.asarray(evaluated)).max()) > 1e-3  # dropping
+  np.testing.assert_allclose(scanned, flat, rtol=0, atol=1e-5 * float(np.abs(flat).max()))
+
+
+@pytest.mark.parametrize('name, kw, size, stacks', [
+    ('vit_demo', dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2), 16, 1),
+    ('swin_demo', dict(depths=(2, 2), num_heads=(2, 2), embed_dim=16), 16, 2),
+    ('shunted_t', dict(img_size=32, embed_dims=(16, 16), num_heads=(2, 2), mlp_ratios=(2, 2),
+                       depths=(1, 2), sr_ratios=(2, 1), fast_cpu=True), 32, 2),
+])
+def test_drop_path_draws_once_per_stack_and_scan_draws_the_same_masks(name, kw, size, stacks):
+  """layers.drop_path_noise: one uniform draw per stack of blocks (ViT: the model; Swin and
+  Shunted: each stage), so the jaxpr holds ``stacks`` random_bits, not one per branch; and
+  the scanned model, which slices the same draw, drops exactly the unscanned model's
+  branches (rate 0.5: some samples dropped, some kept, in every block)."""
+  kw = dict(kw, drop_path_rate=0.5, num_classes=0)
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, size, size, 3))
+  model, s_model = create_model(name, **kw), create_model(name, scan_blocks=True, **kw)
+  train = dict(train=True, rngs={'dropout': jax.random.PRNGKey(3)}, mutable=['batch_stats'])
+
+  @jax.jit
+  def outputs(key):
+    variables = model.init(key, x)
+    return (model.apply(variables, x, **train)[0],
+            s_model.apply(scan.stack(variables, s_model, jnp), x, **train)[0],
+            model.apply(variables, x))
+
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  for m, v in ((model, variables), (s_model, jax.eval_shape(
+      lambda v: scan.stack(v, s_model, jnp), variables))):
+    jaxpr = jax.make_jaxpr(lambda v: m.apply(v, x, **train))(v).jaxpr
+    draws = [e for e in jaxpr_eqns(jaxpr) if e.primitive.name == 'random_bits']
+    assert len(draws) == stacks, m.scan_blocks
   flat, scanned, evaluated = outputs(jax.random.PRNGKey(0))
   assert float(np.abs(np.asarray(flat) - np.asarray(evaluated)).max()) > 1e-3  # dropping
   np.testing.assert_allclose(scanned, flat, rtol=0, atol=1e-5 * float(np.abs(flat).max()))

@@ -5,7 +5,7 @@ compute dtype, bfloat16 on TPU/GPU when configured); softmax and LayerNorm in fl
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -64,17 +64,38 @@ def apply_norm(norm: nn.Module, x):
   return norm(x.astype(jnp.float32)).astype(x.dtype)
 
 
+def drop_path_noise(module: nn.Module, shape: Sequence[int], deterministic: bool,
+                    enabled: bool) -> Optional[jax.Array]:
+  """One uniform draw in [0, 1) for every drop-path site of a stack of blocks, e.g.
+  ``[depth, 2, B]`` (two residual branches per block); None in eval or when no block drops.
+
+  One draw instead of one per site: on XLA:CPU each draw (``make_rng``'s fold-in and the
+  bits, both threefry) compiles to its own while loop, and a Swin-B train step spent more than
+  half of its compile time on its 96 of them (README "Scan and remat"). Each site keeps its
+  own independent uniforms, so the drop distribution is unchanged.
+  """
+  if deterministic or not enabled:
+    return None
+  return jax.random.uniform(module.make_rng('dropout'), tuple(shape), jnp.float32)
+
+
 class DropPath(nn.Module):
-  """Stochastic depth per sample (timm's ``drop_path``): drops the residual branch."""
+  """Stochastic depth per sample (timm's ``drop_path``): drops the residual branch.
+
+  noise: None (draw here) or this site's uniforms ``[B]`` from ``drop_path_noise``; sample b
+  keeps its branch (scaled by 1 / keep) where ``noise[b] < keep``, as ``bernoulli`` does.
+  """
   rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x, deterministic: bool):
+  def __call__(self, x, deterministic: bool, noise=None):
     if deterministic or self.rate == 0.0:
       return x
     keep = 1.0 - self.rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+    if noise is None:
+      noise = jax.random.uniform(self.make_rng('dropout'), (x.shape[0],), jnp.float32)
+    mask = (noise < keep).reshape(shape)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 

@@ -74,31 +74,34 @@ def scan_block(cls, length: int, remat: str, in_axes: Tuple[Any, ...],
 
 
 def scan_body(block_cls):
-  """A block class ``__call__(x, deterministic, drop_path=None)`` as an ``nn.scan`` body
-  ``__call__(x, drop_path, deterministic) -> (x, None)``, ``drop_path`` this layer's rate.
+  """A block class ``__call__(x, deterministic, drop_path=None, noise=None)`` as an
+  ``nn.scan`` body ``__call__(x, drop_path, noise, deterministic) -> (x, None)``:
+  ``drop_path`` this layer's rate, ``noise`` its drop-path uniforms [2, B] or None.
 
   The block's field ``drop_path`` stays static: 0 = no drop path in any layer (no random
   draws compiled in), else the traced per-layer rate is applied.
   """
 
   class ScanBody(block_cls):
-    def __call__(self, x, drop_path, deterministic: bool = True):  # pylint: disable=arguments-renamed
+    def __call__(self, x, drop_path, noise, deterministic: bool = True):  # pylint: disable=arguments-renamed
       rate = drop_path if self.drop_path > 0.0 else None
-      return block_cls.__call__(self, x, deterministic, drop_path=rate), None
+      return block_cls.__call__(self, x, deterministic, drop_path=rate, noise=noise), None
 
   ScanBody.__name__ = ScanBody.__qualname__ = f'Scan{block_cls.__name__}'
   return ScanBody
 
 
-def drop_path(module: nn.Module, x, rate, deterministic: bool):
+def drop_path(module: nn.Module, x, rate, deterministic: bool, noise=None):
   """Stochastic depth with a traced per-layer ``rate`` (a scanned input), as
   ``layers.DropPath``: each sample's branch is zeroed with probability ``rate``, else
-  scaled by 1 / (1 - rate)."""
+  scaled by 1 / (1 - rate). noise: None (draw here) or this site's uniforms [B]."""
   if deterministic:
     return x
   keep = 1.0 - jnp.asarray(rate, jnp.float32)
   shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-  mask = jax.random.bernoulli(module.make_rng('dropout'), keep, shape)
+  if noise is None:
+    noise = jax.random.uniform(module.make_rng('dropout'), (x.shape[0],), jnp.float32)
+  mask = (noise < keep).reshape(shape)
   # rate 1 keeps nothing; the divide is guarded so its gradient is 0, not 0 * inf.
   return jnp.where(mask, x / jnp.where(keep > 0, keep, 1.0).astype(x.dtype),
                    jnp.zeros_like(x))

@@ -312,27 +312,29 @@ class Block(nn.Module):
   fast_cpu: bool = False
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True, drop_path=None):
-    """drop_path: None (the field ``drop_path``) or a traced rate (a scanned input)."""
+  def __call__(self, x, deterministic: bool = True, drop_path=None, noise=None):
+    """drop_path: None (the field ``drop_path``) or a traced rate (a scanned input).
+    noise: None or the drop-path uniforms [2, B] of the two branches (layers.drop_path_noise)."""
     C = x.shape[-1]
 
-    def residual(y):
+    def residual(y, site):
+      n = None if noise is None else noise[site]
       if drop_path is None:
-        return layers.DropPath(self.drop_path)(y, deterministic)
-      return scan.drop_path(self, y, drop_path, deterministic)
+        return layers.DropPath(self.drop_path)(y, deterministic, noise=n)
+      return scan.drop_path(self, y, drop_path, deterministic, noise=n)
 
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm1'), x)
     y = ShuntedAttention(self.num_heads, self.sr_ratio, self.qkv_bias, self.qk_scale,
                          self.attn_drop, self.drop, self.dtype, self.fast_cpu,
                          name='attn')(y, deterministic)
-    x = x + residual(y)
+    x = x + residual(y, 0)
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm2'), x)
     y = Mlp(int(C * self.mlp_ratio), self.drop, self.dtype, self.fast_cpu, name='mlp')(
         y, deterministic)
-    return x + residual(y)
+    return x + residual(y, 1)
 
 
-# ``Block`` as an ``nn.scan`` body: (x, this layer's drop-path rate) -> (x, None).
+# ``Block`` as an ``nn.scan`` body: (x, this layer's drop-path rate and uniforms) -> (x, None).
 ScanBlock = scan.scan_body(Block)
 
 
@@ -429,16 +431,18 @@ class ShuntedTransformer(nn.Module):
                    sr_ratio=self.sr_ratios[i], qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
                    drop=self.drop_rate, attn_drop=self.attn_drop_rate, norm_eps=self.norm_eps,
                    dtype=self.dtype, fast_cpu=fast_cpu)
+      noise = layers.drop_path_noise(self, (depth, 2, x.shape[0]), deterministic,
+                                     depth > 0 and self.drop_path_rate > 0)  # [depth, 2, B]
       if self.scan_blocks and depth:
-        blocks = scan.scan_block(ScanBlock, depth, self.remat, (0, nn.broadcast), (3,))
+        blocks = scan.scan_block(ScanBlock, depth, self.remat, (0, 0, nn.broadcast), (4,))
         rates = jnp.asarray(dpr[cur:cur + depth], jnp.float32)
         x, _ = blocks(**block, drop_path=float(self.drop_path_rate),
-                      name=f'block{i + 1}')(x, rates, deterministic)
+                      name=f'block{i + 1}')(x, rates, noise, deterministic)
       else:
         cls = scan.remat_block(Block, self.remat, (2,))
         for j in range(depth):
           x = cls(**block, drop_path=float(dpr[cur + j]), name=f'block{i + 1}_{j}')(
-              x, deterministic)
+              x, deterministic, noise=None if noise is None else noise[j])
       cur += depth
       x = layers.apply_norm(layers.layer_norm(self.norm_eps, f'norm{i + 1}'), x)
       if return_features:

@@ -163,13 +163,15 @@ class SwinBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, valid: Optional[jax.Array], deterministic: bool = True,
-               drop_path=None):
+               drop_path=None, noise=None):
     """valid: None (every token real) or bool [B, H, W] (False = padded token).
-    drop_path: None (the field ``drop_path``) or a traced rate (a scanned input)."""
-    def residual(y):
+    drop_path: None (the field ``drop_path``) or a traced rate (a scanned input).
+    noise: None or the drop-path uniforms [2, B] of the two branches (layers.drop_path_noise)."""
+    def residual(y, site):
+      n = None if noise is None else noise[site]
       if drop_path is None:
-        return layers.DropPath(self.drop_path)(y, deterministic)
-      return scan.drop_path(self, y, drop_path, deterministic)
+        return layers.DropPath(self.drop_path)(y, deterministic, noise=n)
+      return scan.drop_path(self, y, drop_path, deterministic, noise=n)
 
     B, H, W, C = x.shape
     ws, shift = self.window_size, self.shift_size
@@ -203,11 +205,11 @@ class SwinBlock(nn.Module):
     if shift:
       y = jnp.roll(y, (shift, shift), axis=(1, 2))
     y = y[:, :H, :W]
-    x = shortcut + residual(y)
+    x = shortcut + residual(y, 0)
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm2'), x)
     y = layers.Mlp(int(C * self.mlp_ratio), drop=self.drop, dtype=self.dtype, name='mlp')(
         y, deterministic)
-    return x + residual(y)
+    return x + residual(y, 1)
 
 
 class SwinPair(nn.Module):
@@ -227,13 +229,15 @@ class SwinPair(nn.Module):
   use_drop_path: bool = True
 
   @nn.compact
-  def __call__(self, x, drop_path, valid, deterministic: bool = True):
+  def __call__(self, x, drop_path, noise, valid, deterministic: bool = True):
+    """noise: None or this pair's drop-path uniforms [2 blocks, 2 branches, B]."""
     for j, shift in enumerate((0, self.shift_size)):
       rate = drop_path[j] if self.use_drop_path else None
       x = SwinBlock(self.num_heads, self.window_size, shift, self.mlp_ratio, self.qkv_bias,
                     self.drop, self.attn_drop, 0.0, self.norm_eps, self.dtype,
-                    self.mask_padding, name=f'blocks_{j}')(x, valid, deterministic,
-                                                           drop_path=rate)
+                    self.mask_padding, name=f'blocks_{j}')(
+                        x, valid, deterministic, drop_path=rate,
+                        noise=None if noise is None else noise[j])
     return x, None
 
 
@@ -298,20 +302,26 @@ class BasicLayer(nn.Module):
   def __call__(self, x, valid, deterministic: bool = True):
     """Returns (stage output before merging, merged map or None, merged validity)."""
     ws, shift = self.window_size, self.shift_size
+    use_drop_path = any(float(r) > 0 for r in self.drop_path)
+    noise = layers.drop_path_noise(self, (self.depth, 2, x.shape[0]), deterministic,
+                                   use_drop_path)  # [depth, 2 branches, B]
     if self.scan_blocks:
       rates = jnp.asarray(np.asarray(self.drop_path, np.float32).reshape(self.depth // 2, 2))
       pairs = scan.scan_block(SwinPair, self.depth // 2, self.remat,
-                              (0, nn.broadcast, nn.broadcast), (4,))
+                              (0, 0, nn.broadcast, nn.broadcast), (5,))
+      if noise is not None:
+        noise = noise.reshape(self.depth // 2, 2, 2, x.shape[0])  # [pairs, 2 blocks, 2, B]
       x, _ = pairs(self.num_heads, ws, shift, self.mlp_ratio, self.qkv_bias, self.drop,
                    self.attn_drop, self.norm_eps, self.dtype, self.mask_padding,
-                   use_drop_path=any(float(r) > 0 for r in self.drop_path),
-                   name='pairs')(x, rates, valid, deterministic)
+                   use_drop_path=use_drop_path, name='pairs')(x, rates, noise, valid,
+                                                              deterministic)
     else:
       block = scan.remat_block(SwinBlock, self.remat, (3,))
       for j in range(self.depth):
         x = block(self.num_heads, ws, shift if j % 2 else 0, self.mlp_ratio, self.qkv_bias,
                   self.drop, self.attn_drop, float(self.drop_path[j]), self.norm_eps,
-                  self.dtype, self.mask_padding, name=f'blocks_{j}')(x, valid, deterministic)
+                  self.dtype, self.mask_padding, name=f'blocks_{j}')(
+                      x, valid, deterministic, noise=None if noise is None else noise[j])
     if valid is not None:
       x = x * valid[..., None].astype(x.dtype)  # padded tokens never leak into merges
     if not self.downsample:

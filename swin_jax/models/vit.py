@@ -67,26 +67,28 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True, drop_path=None):
-    """drop_path: None (the field ``drop_path``) or a traced rate (a scanned input)."""
+  def __call__(self, x, deterministic: bool = True, drop_path=None, noise=None):
+    """drop_path: None (the field ``drop_path``) or a traced rate (a scanned input).
+    noise: None or the drop-path uniforms [2, B] of the two branches (layers.drop_path_noise)."""
     C = x.shape[-1]
 
-    def residual(y):
+    def residual(y, site):
+      n = None if noise is None else noise[site]
       if drop_path is None:
-        return layers.DropPath(self.drop_path)(y, deterministic)
-      return scan.drop_path(self, y, drop_path, deterministic)
+        return layers.DropPath(self.drop_path)(y, deterministic, noise=n)
+      return scan.drop_path(self, y, drop_path, deterministic, noise=n)
 
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm1'), x)
     y = layers.Attention(self.num_heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop,
                          proj_drop=self.drop, dtype=self.dtype, name='attn')(y, deterministic)
-    x = x + residual(y)
+    x = x + residual(y, 0)
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm2'), x)
     y = layers.Mlp(int(C * self.mlp_ratio), drop=self.drop, dtype=self.dtype, name='mlp')(
         y, deterministic)
-    return x + residual(y)
+    return x + residual(y, 1)
 
 
-# ``Block`` as an ``nn.scan`` body: (x, this layer's drop-path rate) -> (x, None).
+# ``Block`` as an ``nn.scan`` body: (x, this layer's drop-path rate and uniforms) -> (x, None).
 ScanBlock = scan.scan_body(Block)
 
 
@@ -179,14 +181,17 @@ class VisionTransformer(nn.Module):
     block = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
                  drop=self.drop_rate, attn_drop=self.attn_drop_rate, norm_eps=self.norm_eps,
                  dtype=self.dtype)
+    noise = layers.drop_path_noise(self, (self.depth, 2, x.shape[0]), deterministic,
+                                   self.drop_path_rate > 0)  # [depth, 2 branches, B]
     if self.scan_blocks:
-      blocks = scan.scan_block(ScanBlock, self.depth, self.remat, (0, nn.broadcast), (3,))
+      blocks = scan.scan_block(ScanBlock, self.depth, self.remat, (0, 0, nn.broadcast), (4,))
       x, _ = blocks(**block, drop_path=float(self.drop_path_rate), name='blocks')(
-          x, jnp.asarray(dpr, jnp.float32), deterministic)
+          x, jnp.asarray(dpr, jnp.float32), noise, deterministic)
     else:
       cls = scan.remat_block(Block, self.remat, (2,))
       for i in range(self.depth):
-        x = cls(**block, drop_path=float(dpr[i]), name=f'blocks_{i}')(x, deterministic)
+        x = cls(**block, drop_path=float(dpr[i]), name=f'blocks_{i}')(
+            x, deterministic, noise=None if noise is None else noise[i])
 
     if self.global_pool == 'avg':
       x = x[:, self.num_prefix_tokens:].mean(axis=1)
