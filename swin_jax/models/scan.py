@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from swin_jax.models import layers
+
 Path = Tuple[str, ...]
 Step = List[Tuple[Path, Path]]
 Layout = List[Tuple[Path, List[Step]]]
@@ -105,6 +107,17 @@ def drop_path(module: nn.Module, x, rate, deterministic: bool, noise=None):
   # rate 1 keeps nothing; the divide is guarded so its gradient is 0, not 0 * inf.
   return jnp.where(mask, x / jnp.where(keep > 0, keep, 1.0).astype(x.dtype),
                    jnp.zeros_like(x))
+
+
+
+def branch_drop_path(block: nn.Module, y, rate, deterministic: bool, noise, branch: int):
+  """Drop path of a block's residual branch ``branch`` (0 attention, 1 MLP): the block's
+  static field ``drop_path`` when ``rate`` is None, else ``rate``, the traced rate of a
+  scanned layer. noise: None or the block's drop-path uniforms [2, B] (drop_path_noise)."""
+  n = None if noise is None else noise[branch]
+  if rate is None:
+    return layers.DropPath(block.drop_path)(y, deterministic, noise=n)
+  return drop_path(block, y, rate, deterministic, noise=n)
 
 
 # ----------------------------------------------------------------------------- layouts

@@ -317,11 +317,8 @@ class Block(nn.Module):
     noise: None or the drop-path uniforms [2, B] of the two branches (layers.drop_path_noise)."""
     C = x.shape[-1]
 
-    def residual(y, site):
-      n = None if noise is None else noise[site]
-      if drop_path is None:
-        return layers.DropPath(self.drop_path)(y, deterministic, noise=n)
-      return scan.drop_path(self, y, drop_path, deterministic, noise=n)
+    def residual(y, branch):
+      return scan.branch_drop_path(self, y, drop_path, deterministic, noise, branch)
 
     y = layers.apply_norm(layers.layer_norm(self.norm_eps, 'norm1'), x)
     y = ShuntedAttention(self.num_heads, self.sr_ratio, self.qkv_bias, self.qk_scale,

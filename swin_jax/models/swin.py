@@ -167,11 +167,8 @@ class SwinBlock(nn.Module):
     """valid: None (every token real) or bool [B, H, W] (False = padded token).
     drop_path: None (the field ``drop_path``) or a traced rate (a scanned input).
     noise: None or the drop-path uniforms [2, B] of the two branches (layers.drop_path_noise)."""
-    def residual(y, site):
-      n = None if noise is None else noise[site]
-      if drop_path is None:
-        return layers.DropPath(self.drop_path)(y, deterministic, noise=n)
-      return scan.drop_path(self, y, drop_path, deterministic, noise=n)
+    def residual(y, branch):
+      return scan.branch_drop_path(self, y, drop_path, deterministic, noise, branch)
 
     B, H, W, C = x.shape
     ws, shift = self.window_size, self.shift_size
