@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -359,13 +360,18 @@ def _from_orbax(err: Optional[BaseException]) -> bool:
   return False
 
 
+# asyncio's Future.__del__ words it '<class name> exception was never retrieved': 'Task' for
+# one read, '_GatheringFuture' for the asyncio.gather over a tree's reads.
+_NEVER_RETRIEVED = re.compile(r'\w+ exception was never retrieved')
+
+
 class _UnretrievedOrbaxReads(logging.Filter):
-  """asyncio's 'Task exception was never retrieved' for Orbax's reads (see below)."""
+  """asyncio's 'Task / _GatheringFuture exception was never retrieved' for Orbax's reads
+  (see below)."""
 
   def filter(self, record):
     exc = record.exc_info[1] if record.exc_info else None
-    return not (str(record.msg).startswith('Task exception was never retrieved') and
-                _from_orbax(exc))
+    return not (_NEVER_RETRIEVED.match(str(record.msg)) and _from_orbax(exc))
 
 
 def _quiet_failed_reads() -> None:
