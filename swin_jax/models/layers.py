@@ -91,12 +91,22 @@ class DropPath(nn.Module):
   def __call__(self, x, deterministic: bool, noise=None):
     if deterministic or self.rate == 0.0:
       return x
-    keep = 1.0 - self.rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    if noise is None:
-      noise = jax.random.uniform(self.make_rng('dropout'), (x.shape[0],), jnp.float32)
-    mask = (noise < keep).reshape(shape)
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+    return drop_path(self, x, 1.0 - self.rate, noise)
+
+
+def drop_path(module: nn.Module, x, keep, noise=None):
+  """Each sample's branch kept with probability ``keep`` (a float, or a traced scalar: a
+  scanned layer's rate) and scaled by 1 / keep, else zeroed. noise: None (draw from
+  ``module``'s 'dropout' stream) or this site's uniforms [B]; kept where noise < keep."""
+  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+  if noise is None:
+    noise = jax.random.uniform(module.make_rng('dropout'), (x.shape[0],), jnp.float32)
+  mask = (noise < keep).reshape(shape)
+  if isinstance(keep, float) and keep > 0:
+    scale = keep  # a Python constant, divided as before (the same bits)
+  else:  # keep 0 keeps nothing; the divide is guarded so its gradient is 0, not 0 * inf
+    scale = jnp.where(keep > 0, keep, 1.0).astype(x.dtype)
+  return jnp.where(mask, x / scale, jnp.zeros_like(x))
 
 
 class Mlp(nn.Module):

@@ -93,23 +93,6 @@ def scan_body(block_cls):
   return ScanBody
 
 
-def drop_path(module: nn.Module, x, rate, deterministic: bool, noise=None):
-  """Stochastic depth with a traced per-layer ``rate`` (a scanned input), as
-  ``layers.DropPath``: each sample's branch is zeroed with probability ``rate``, else
-  scaled by 1 / (1 - rate). noise: None (draw here) or this site's uniforms [B]."""
-  if deterministic:
-    return x
-  keep = 1.0 - jnp.asarray(rate, jnp.float32)
-  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-  if noise is None:
-    noise = jax.random.uniform(module.make_rng('dropout'), (x.shape[0],), jnp.float32)
-  mask = (noise < keep).reshape(shape)
-  # rate 1 keeps nothing; the divide is guarded so its gradient is 0, not 0 * inf.
-  return jnp.where(mask, x / jnp.where(keep > 0, keep, 1.0).astype(x.dtype),
-                   jnp.zeros_like(x))
-
-
-
 def branch_drop_path(block: nn.Module, y, rate, deterministic: bool, noise, branch: int):
   """Drop path of a block's residual branch ``branch`` (0 attention, 1 MLP): the block's
   static field ``drop_path`` when ``rate`` is None, else ``rate``, the traced rate of a
@@ -117,7 +100,9 @@ def branch_drop_path(block: nn.Module, y, rate, deterministic: bool, noise, bran
   n = None if noise is None else noise[branch]
   if rate is None:
     return layers.DropPath(block.drop_path)(y, deterministic, noise=n)
-  return drop_path(block, y, rate, deterministic, noise=n)
+  if deterministic:
+    return y
+  return layers.drop_path(block, y, 1.0 - jnp.asarray(rate, jnp.float32), n)
 
 
 # ----------------------------------------------------------------------------- layouts
